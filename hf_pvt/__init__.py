@@ -1,0 +1,55 @@
+"""hf_pvt: the Pyramid Vision Transformer family (PVT v1, PVTv2) as a Hugging Face Transformers model.
+
+Importing the package registers every class with the Auto classes, and marks them for export so that
+`save_pretrained` folders also load with `trust_remote_code=True` where hf_pvt is not installed.
+"""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+
+from .configuration_hf_pvt import PRESETS, HfPvtConfig
+from .image_processing_hf_pvt import HfPvtImageProcessor
+from .modeling_hf_pvt import (
+    HfPvtBackbone,
+    HfPvtForImageClassification,
+    HfPvtModel,
+    HfPvtModelOutput,
+    HfPvtPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+_AUTO_CLASSES = (
+    (AutoModel, HfPvtModel),
+    (AutoModelForImageClassification, HfPvtForImageClassification),
+    (AutoBackbone, HfPvtBackbone),
+)
+
+
+def _register() -> None:
+    AutoConfig.register(HfPvtConfig.model_type, HfPvtConfig, exist_ok=True)
+    HfPvtConfig.register_for_auto_class()
+    for auto_class, model_class in _AUTO_CLASSES:
+        auto_class.register(HfPvtConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class.__name__)
+    AutoImageProcessor.register(HfPvtConfig, slow_image_processor_class=HfPvtImageProcessor, exist_ok=True)
+    HfPvtImageProcessor.register_for_auto_class()
+
+
+_register()
+
+__all__ = [
+    "PRESETS",
+    "HfPvtBackbone",
+    "HfPvtConfig",
+    "HfPvtForImageClassification",
+    "HfPvtImageProcessor",
+    "HfPvtModel",
+    "HfPvtModelOutput",
+    "HfPvtPreTrainedModel",
+]
