@@ -1,0 +1,381 @@
+"""Checkpoint conversion: every source layout converts to a model that equals an independent implementation.
+
+Ground truth: tests/reference_pvt.py (the authors' layout and numerics) and, for Transformers' folders,
+Transformers' own PvtForImageClassification / PvtV2ForImageClassification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import hf_pvt  # noqa: F401  (registers the Auto classes)
+from conversion import convert as convert_module
+from conversion import model_card, verify
+from conversion.convert import ConversionError, convert, detect_architecture, main, match_preset
+from hf_pvt import HfPvtBackbone, HfPvtForImageClassification
+from tests.reference_pvt import VARIANTS, build_reference, random_init_
+
+REPO = Path(__file__).resolve().parent.parent
+COCO = REPO / "tests" / "fixtures" / "coco_000000039769.png"
+TINY = {
+    "embed_dims": [16, 32, 48, 64],
+    "num_heads": [1, 2, 3, 4],
+    "depths": [1, 2, 1, 1],
+    "mlp_ratios": [2, 2, 2, 2],
+    "sr_ratios": [8, 4, 2, 1],
+    "num_classes": 10,
+    "img_size": 64,
+}
+TINY_HEADS = "1,2,3,4"
+KINDS = {"v1": {"version": 1}, "v2": {"version": 2}, "v2-linear": {"version": 2, "linear": True}}
+
+
+def tiny_reference(kind: str, seed: int = 0):
+    return random_init_(build_reference({**VARIANTS["pvt_v2_b0"], **TINY, **KINDS[kind]}), seed)
+
+
+def pixels(size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def no_leftovers(parent: Path, name: str) -> bool:
+    return not any(p.name == name or p.name.startswith(f".{name}.") for p in parent.iterdir())
+
+
+# ------------------------------------------------------------------------------------ original layout
+
+
+@pytest.mark.parametrize(
+    "kind,torch_format,wrapping",
+    [
+        ("v1", "legacy", "raw"),
+        ("v1", "zip", "model"),
+        ("v1", "zip", "backbone-prefix"),
+        ("v2", "legacy", "raw"),
+        ("v2", "zip", "state_dict"),
+        ("v2", "zip", "model"),
+        ("v2-linear", "legacy", "state_dict"),
+        ("v2-linear", "zip", "backbone-prefix"),
+    ],
+)
+def test_original_layout_converts_to_the_reference_numerics(tmp_path, kind, torch_format, wrapping):
+    reference = tiny_reference(kind)
+    state_dict = reference.state_dict()
+    if wrapping == "model":
+        state_dict = {"model": state_dict, "epoch": 300, "optimizer": {"state": {}, "param_groups": []}}
+    elif wrapping == "state_dict":
+        state_dict = {"state_dict": state_dict, "meta": {"epoch": 12}}
+    elif wrapping == "backbone-prefix":
+        state_dict = {"state_dict": {f"backbone.{k}": v for k, v in state_dict.items()}}
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save(state_dict, checkpoint, _use_new_zipfile_serialization=torch_format == "zip")
+
+    assert run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS) == 0
+    model = HfPvtForImageClassification.from_pretrained(tmp_path / "out").eval()
+    x = pixels()
+    with torch.no_grad():
+        assert (model(pixel_values=x).logits - reference(x)).abs().max() < 1e-5
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["pvt_version"] == KINDS[kind]["version"]
+    assert config["linear_attention"] == (kind == "v2-linear")
+    assert config["architectures"] == ["HfPvtForImageClassification"]
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_detector_checkpoint_converts_to_a_backbone(tmp_path, kind, capsys):
+    reference = tiny_reference(kind)
+    dense = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
+    if kind == "v1":  # the authors' dense-prediction PVT has no cls token and no final norm
+        dense = {k: v for k, v in dense.items() if k != "cls_token" and not k.startswith("norm.")}
+    wrapped = {f"backbone.{k}": v for k, v in dense.items()}
+    wrapped["neck.lateral_convs.0.conv.weight"] = torch.zeros(8, 16, 1, 1)
+    torch.save({"state_dict": wrapped, "meta": {}}, tmp_path / "retinanet.pth")
+
+    assert run(tmp_path / "retinanet.pth", tmp_path / "out", "--num-heads", TINY_HEADS) == 0
+    assert "left out 1 tensors" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["HfPvtBackbone"]
+    backbone = HfPvtBackbone.from_pretrained(tmp_path / "out", out_indices=[0, 1, 2, 3]).eval()
+    x = pixels()
+    with torch.no_grad():
+        ours, theirs = backbone(pixel_values=x).feature_maps, reference.forward_dense(x)
+    assert len(ours) == 4
+    assert max((a - b).abs().max().item() for a, b in zip(ours, theirs)) < 1e-5
+
+
+def test_classification_checkpoint_converts_to_a_backbone_on_request(tmp_path, capsys):
+    torch.save(tiny_reference("v1").state_dict(), tmp_path / "cls.pth")
+    assert run(tmp_path / "cls.pth", tmp_path / "out", "--num-heads", TINY_HEADS, "--task", "backbone") == 0
+    out = capsys.readouterr().out
+    assert "head.weight" in out and "cls_token" in out and "norm.weight" in out
+
+
+# ------------------------------------------------------------------------------ other source layouts
+
+
+def to_timm_layout(state_dict: dict) -> dict:
+    """timm's pvt_v2 names, written from timm's module tree (patch_embed, stages.i.downsample/blocks/norm)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("patch_embed1."):
+            key = "patch_embed." + key[len("patch_embed1.") :]
+        elif m := re.match(r"patch_embed(\d)\.(.*)", key):
+            key = f"stages.{int(m[1]) - 1}.downsample.{m[2]}"
+        elif m := re.match(r"block(\d)\.(.*)", key):
+            key = f"stages.{int(m[1]) - 1}.blocks.{m[2]}".replace(".dwconv.dwconv.", ".dwconv.")
+        elif m := re.match(r"norm(\d)\.(.*)", key):
+            key = f"stages.{int(m[1]) - 1}.norm.{m[2]}"
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("kind", ["v2", "v2-linear"])
+def test_timm_layout(tmp_path, kind):
+    reference = tiny_reference(kind)
+    timm_state = to_timm_layout(reference.state_dict())
+    assert "stages.1.downsample.proj.weight" in timm_state and "stages.0.blocks.0.mlp.dwconv.weight" in timm_state
+    torch.save(timm_state, tmp_path / "timm.pth")
+    assert run(tmp_path / "timm.pth", tmp_path / "out", "--num-heads", TINY_HEADS) == 0
+    model = HfPvtForImageClassification.from_pretrained(tmp_path / "out").eval()
+    x = pixels()
+    with torch.no_grad():
+        assert (model(pixel_values=x).logits - reference(x)).abs().max() < 1e-5
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            is_norm_weight = "layer_norm" in name and name.endswith("weight")
+            parameter.copy_(1.0 + 0.1 * noise if is_norm_weight else 0.05 * noise)
+
+
+@pytest.mark.parametrize("kind,weights_file", [("v1", "safetensors"), ("v2", "bin"), ("v2-linear", "safetensors")])
+def test_transformers_folders(tmp_path, kind, weights_file):
+    from transformers import PvtConfig, PvtForImageClassification, PvtV2Config, PvtV2ForImageClassification
+
+    sizes = {"hidden_sizes": TINY["embed_dims"], "num_attention_heads": TINY["num_heads"], "depths": TINY["depths"]}
+    sizes.update(mlp_ratios=TINY["mlp_ratios"], sr_ratios=TINY["sr_ratios"], num_labels=10)
+    if kind == "v1":
+        theirs = PvtForImageClassification(PvtConfig(image_size=64, **sizes))
+    else:
+        theirs = PvtV2ForImageClassification(PvtV2Config(linear_attention=kind == "v2-linear", **sizes))
+    _randomise(theirs.eval())
+    folder = tmp_path / "transformers"
+    if weights_file == "safetensors":
+        theirs.save_pretrained(folder)
+    else:
+        theirs.config.save_pretrained(folder)
+        torch.save(theirs.state_dict(), folder / "pytorch_model.bin")
+
+    assert run(folder, tmp_path / "out") == 0  # heads come from the folder's config.json
+    # Transformers' ports use LayerNorm eps 1e-6 everywhere; with that eps hf_pvt must compute the same function.
+    ours = HfPvtForImageClassification.from_pretrained(tmp_path / "out", embedding_layer_norm_eps=1e-6).eval()
+    x = pixels()
+    with torch.no_grad():
+        assert (ours(pixel_values=x).logits - theirs(pixel_values=x).logits).abs().max() < 1e-5
+    assert ours.config.num_attention_heads == TINY["num_heads"]
+
+
+# ----------------------------------------------------------------------------- variants and detection
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_released_variant_is_detected(name):
+    with torch.device("meta"):
+        reference = build_reference(name)
+    architecture = detect_architecture(dict(reference.state_dict()))
+    assert match_preset(architecture) == name.replace("_", "-")
+
+
+def test_pvt_v2_b0_full_conversion(tmp_path):
+    reference = random_init_(build_reference("pvt_v2_b0"), 3)
+    torch.save(reference.state_dict(), tmp_path / "b0.pth", _use_new_zipfile_serialization=False)
+    conversion = convert(tmp_path / "b0.pth")
+    assert conversion.variant == "pvt-v2-b0" and conversion.num_source_tensors == len(reference.state_dict())
+    x = pixels(64)[:1]
+    with torch.no_grad():
+        assert (conversion.model(pixel_values=x).logits - reference(x)).abs().max() < 1e-5
+    assert conversion.model.config.id2label[281] == "tabby"
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _tiny_checkpoint(tmp_path: Path, edit=None, name: str = "ckpt.pth") -> Path:
+    state_dict = dict(tiny_reference("v2").state_dict())
+    if edit is not None:
+        edit(state_dict)
+    torch.save(state_dict, tmp_path / name)
+    return tmp_path / name
+
+
+def _fails(tmp_path: Path, capsys, *argv) -> str:
+    assert run(*argv) == 1
+    assert no_leftovers(tmp_path, "out")
+    return capsys.readouterr().err
+
+
+def test_unknown_missing_and_misshaped_keys_are_listed(tmp_path, capsys):
+    def edit(sd):
+        sd["block1.0.attn.extra.weight"] = torch.zeros(3)
+        del sd["block2.1.mlp.fc2.bias"]
+        sd["head.bias"] = torch.zeros(11)
+
+    err = _fails(tmp_path, capsys, _tiny_checkpoint(tmp_path, edit), tmp_path / "out", "--num-heads", TINY_HEADS)
+    assert "1 unknown keys: block1.0.attn.extra.weight" in err
+    assert "1 missing keys: pvt.stages.1.blocks.1.mlp.fc2.bias" in err
+    assert "head.bias: checkpoint (11,), model (10,)" in err
+
+
+def test_conflicting_variant_names_the_fields(tmp_path, capsys):
+    torch.save(random_init_(build_reference("pvt_v2_b0")).state_dict(), tmp_path / "b0.pth")
+    err = _fails(tmp_path, capsys, tmp_path / "b0.pth", tmp_path / "out", "--variant", "pvt_v2_b2")
+    assert "not pvt-v2-b2" in err and "hidden_sizes: checkpoint [32, 64, 160, 256]" in err and "depths:" in err
+
+
+@pytest.mark.parametrize("torch_format", ["zip", "legacy"])
+def test_truncated_file(tmp_path, capsys, torch_format):
+    path = _tiny_checkpoint(tmp_path)
+    torch.save(torch.load(path), path, _use_new_zipfile_serialization=torch_format == "zip")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    err = _fails(tmp_path, capsys, path, tmp_path / "out", "--num-heads", TINY_HEADS)
+    assert "truncated or not a checkpoint" in err
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    torch.save({"patch_embed1.proj.weight": torch.zeros(1), "payload": _Payload(marker)}, tmp_path / "evil.pth")
+    err = _fails(tmp_path, capsys, tmp_path / "evil.pth", tmp_path / "out")
+    assert "Refused to load" in err and "system" in err
+    assert not marker.exists()
+
+
+def test_existing_output_needs_overwrite_and_failed_writes_leave_nothing(tmp_path, capsys, monkeypatch):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    (tmp_path / "out").mkdir()
+    assert run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS) == 1
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "out").rmdir()
+
+    def broken_card(*args, **kwargs):
+        raise ConversionError("disk full while writing README.md")
+
+    monkeypatch.setattr(convert_module, "render_card", broken_card)
+    assert _fails(tmp_path, capsys, checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS)
+
+
+# ------------------------------------------------------------------------------- the Hub folder
+
+
+def test_folder_is_hub_ready_and_loads_with_remote_code_alone(tmp_path):
+    reference = random_init_(build_reference({**VARIANTS["pvt_v2_b0"], **TINY}), 0)
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    assert run(tmp_path / "ckpt.pth", tmp_path / "out", "--num-heads", TINY_HEADS) == 0
+    folder = tmp_path / "out"
+    assert {p.name for p in folder.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "configuration_hf_pvt.py",
+        "modeling_hf_pvt.py",
+        "image_processing_hf_pvt.py",
+    }
+    assert not list(folder.glob("*.bin"))
+    assert "AutoModelForImageClassification" in json.loads((folder / "config.json").read_text())["auto_map"]
+    x = pixels()
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(reference(x), tmp_path / "expected.pt")
+    # A fresh interpreter without hf_pvt on its path: only the folder's own code is available.
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
+        f"model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
+        f"AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        "assert 'hf_pvt' not in sys.modules\n"
+        f"x, expected = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "print(float((model(pixel_values=x).logits - expected).abs().max()))\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("network", ["offline", "refused"])
+def test_push_without_network_fails_clearly_and_keeps_the_folder(tmp_path, capsys, monkeypatch, network):
+    from huggingface_hub import constants
+
+    # Never the real Hub: an endpoint nothing listens on, and (first case) offline mode on top.
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    if network == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    checkpoint = _tiny_checkpoint(tmp_path)
+    assert run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS, "--push-to-hub", "someone/pvt-test") == 1
+    err = capsys.readouterr().err
+    assert "Upload to someone/pvt-test failed" in err and "intact" in err
+    assert ("Offline" in err) if network == "offline" else ("Connect" in err or "connect" in err)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------ verification
+
+
+def test_verify_reports_mismatch_for_random_weights_and_match_for_its_own_logits(tmp_path, monkeypatch):
+    torch.save(random_init_(build_reference("pvt_v2_b0"), 5).state_dict(), tmp_path / "b0.pth")
+    model = convert(tmp_path / "b0.pth").model
+    result = verify.verify_classifier(model, COCO, "pvt-v2-b0")
+    assert result.matches is False and "MISMATCH" in result.report()
+    assert len(result.top5) == 5 and all(isinstance(label, str) for _, label, _ in result.top5)
+
+    monkeypatch.setitem(verify.PUBLISHED_LOGITS, "pvt-v2-b0", result.first_logits)
+    again = verify.verify_classifier(model, COCO, "pvt-v2-b0")
+    assert again.matches is True and again.max_abs_diff < 1e-4 and "MATCH" in again.report()
+
+    monkeypatch.setitem(verify.PUBLISHED_LOGITS, "pvt-v2-b0", [9.0, 9.0, 9.0])
+    assert run(tmp_path / "b0.pth", tmp_path / "out2", "--verify", COCO) == 1
+    assert no_leftovers(tmp_path, "out2")
+
+
+# ------------------------------------------------------------------------------------------- cards
+
+
+def test_model_cards_are_up_to_date_and_their_metadata_parses():
+    rendered = model_card.render_variant_cards()
+    assert len(rendered) == 11
+    for name, card in rendered.items():
+        committed = REPO / "model_cards" / name
+        assert committed.is_file(), f"run `python -m conversion.model_card` to create {committed}"
+        assert committed.read_text() == card, f"{committed} is stale: run `python -m conversion.model_card`"
+        front_matter = yaml.safe_load(card.split("---\n")[1])
+        assert front_matter["license"] == "apache-2.0" and front_matter["library_name"] == "transformers"
+        assert {"image-classification", "vision", "pvt", "hf_pvt"} <= set(front_matter["tags"])
+        assert front_matter["datasets"] == ["imagenet-1k"]
+        top1 = front_matter["model-index"][0]["results"][0]["metrics"][0]["value"]
+        assert top1 == model_card.RESULTS[name[: -len(".md")]]["top1"]
+        assert "trust_remote_code=True" in card and "import hf_pvt" in card and "box AP" in card
