@@ -10,6 +10,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_hf_pvt import PRESETS, HfPvtConfig
@@ -17,6 +18,7 @@ from .image_processing_hf_pvt import HfPvtImageProcessor
 from .modeling_hf_pvt import (
     HfPvtBackbone,
     HfPvtForImageClassification,
+    HfPvtForSemanticSegmentation,
     HfPvtModel,
     HfPvtModelOutput,
     HfPvtPreTrainedModel,
@@ -28,6 +30,7 @@ _AUTO_CLASSES = (
     (AutoModel, HfPvtModel),
     (AutoModelForImageClassification, HfPvtForImageClassification),
     (AutoBackbone, HfPvtBackbone),
+    (AutoModelForSemanticSegmentation, HfPvtForSemanticSegmentation),
 )
 
 
@@ -48,6 +51,7 @@ __all__ = [
     "HfPvtBackbone",
     "HfPvtConfig",
     "HfPvtForImageClassification",
+    "HfPvtForSemanticSegmentation",
     "HfPvtImageProcessor",
     "HfPvtModel",
     "HfPvtModelOutput",

@@ -36,8 +36,15 @@ AUTO_MAP = {
     "AutoModel": "modeling_hf_pvt.HfPvtModel",
     "AutoModelForImageClassification": "modeling_hf_pvt.HfPvtForImageClassification",
     "AutoBackbone": "modeling_hf_pvt.HfPvtBackbone",
+    "AutoModelForSemanticSegmentation": "modeling_hf_pvt.HfPvtForSemanticSegmentation",
     "AutoImageProcessor": "image_processing_hf_pvt.HfPvtImageProcessor",
 }
+_PROBABILITY_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "drop_path_rate",
+    "classifier_dropout_prob",
+)
 _PER_STAGE_FIELDS = ("depths", "num_attention_heads", "mlp_ratios", "sr_ratios", "patch_sizes", "strides")
 
 
@@ -153,7 +160,7 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
                     f"image_size {self.image_size} must be a multiple of the total stride {self.total_stride} "
                     "so that every stage's position-embedding grid is whole."
                 )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "classifier_dropout_prob"):
+        for name in _PROBABILITY_FIELDS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
 

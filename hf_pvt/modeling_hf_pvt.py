@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -68,6 +68,12 @@ def resize_position_embedding(
     grid = position_embedding.reshape(1, *grid_size, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
     return grid.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """View `(B, H*W, C)` tokens as a `(B, C, H, W)` map without copying: the result is channels-last strided,
+    which convolutions accept as is and whose `flatten(2).transpose(1, 2)` is again a free, contiguous view."""
+    return hidden_states.unflatten(1, (height, width)).permute(0, 3, 1, 2)
 
 
 class HfPvtPatchEmbedding(nn.Module):
@@ -138,18 +144,19 @@ class HfPvtAttention(nn.Module):
         self, hidden_states: torch.Tensor, height: int, width: int, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, num_tokens, channels = hidden_states.shape
-        query = self.q(hidden_states).view(batch_size, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        query = self.q(hidden_states).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
         reduced = hidden_states
         if self.sr is not None:
-            feature_map = hidden_states.transpose(1, 2).reshape(batch_size, channels, height, width)
+            feature_map = tokens_to_map(hidden_states, height, width)
             if self.pool is not None:
                 feature_map = self.pool(feature_map)
             reduced = self.norm(self.sr(feature_map).flatten(2).transpose(1, 2))
             if self.act is not None:
                 reduced = self.act(reduced)
+        # (B, N', 2C) -> K and V as (B, heads, N', head_dim) views of one projection, no copies.
         key, value = (
-            self.kv(reduced).view(batch_size, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            self.kv(reduced).unflatten(-1, (2, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
         )
 
         # Attention weights exist only in the eager path, so asking for them selects it.
@@ -172,30 +179,53 @@ class HfPvtAttention(nn.Module):
 class HfPvtMlp(nn.Module):
     """fc1 -> GELU -> fc2; v2 adds a depthwise 3x3 convolution before the GELU (and a ReLU before it, linear)."""
 
+    cpu_chunk_bytes = 8 * 2**20
+
     def __init__(self, config: HfPvtConfig, hidden_size: int, mlp_ratio: float):
         super().__init__()
         inner_size = int(hidden_size * mlp_ratio)
         self.fc1 = nn.Linear(hidden_size, inner_size)
-        self.relu = nn.ReLU() if config.linear_attention else None
+        # In place is exact and autograd-safe here: ReLU's backward needs only its output, Linear saves no output.
+        self.relu = nn.ReLU(inplace=True) if config.linear_attention else None
         self.dwconv = (
             nn.Conv2d(inner_size, inner_size, kernel_size=3, padding=1, groups=inner_size)
             if config.pvt_version == 2
             else None
         )
         self.act = ACT2FN[config.hidden_act]
+        # GELU is the only large elementwise pass of the model (inner_size = 4-8x the width). Without autograd,
+        # apply it in place: a new tensor of that size costs more in page faults and memory than the math.
+        self.inplace_act = torch.ops.aten.gelu_ if config.hidden_act == "gelu" else None
         self.fc2 = nn.Linear(inner_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch_size, num_tokens, _ = hidden_states.shape
+        image_bytes = num_tokens * self.fc1.out_features * hidden_states.element_size()
+        if (
+            hidden_states.device.type == "cpu"
+            and not hidden_states.requires_grad
+            and not torch.compiler.is_compiling()
+            and batch_size * image_bytes > self.cpu_chunk_bytes
+        ):
+            # On CPU the inner activations of a large batch spill out of the caches (and past glibc's 32 MB mmap
+            # threshold every call faults in fresh pages); a few images at a time stay cache-resident. Exact: every
+            # op here is per image. Compiled graphs fuse these passes instead, so they skip this.
+            images_per_chunk = max(1, self.cpu_chunk_bytes // image_bytes)
+            return torch.cat([self._forward(chunk, height, width) for chunk in hidden_states.split(images_per_chunk)])
+        return self._forward(hidden_states, height, width)
+
+    def _forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         hidden_states = self.fc1(hidden_states)
         if self.relu is not None:
             hidden_states = self.relu(hidden_states)
         if self.dwconv is not None:
-            batch_size, num_tokens, channels = hidden_states.shape
-            feature_map = hidden_states.transpose(1, 2).reshape(batch_size, channels, height, width)
-            hidden_states = self.dwconv(feature_map).flatten(2).transpose(1, 2)
-        hidden_states = self.dropout(self.act(hidden_states))
-        return self.dropout(self.fc2(hidden_states))
+            hidden_states = self.dwconv(tokens_to_map(hidden_states, height, width)).flatten(2).transpose(1, 2)
+        if self.inplace_act is not None and not hidden_states.requires_grad:
+            hidden_states = self.inplace_act(hidden_states)
+        else:
+            hidden_states = self.act(hidden_states)
+        return self.dropout(self.fc2(self.dropout(hidden_states)))
 
 
 class HfPvtBlock(GradientCheckpointingLayer):
@@ -213,9 +243,10 @@ class HfPvtBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int, **kwargs) -> torch.Tensor:
         attn_output, _ = self.attn(self.norm1(hidden_states), height, width, **kwargs)
-        hidden_states = hidden_states + drop_path(attn_output, self.drop_path, self.training)
+        # The residual sums go into the branch outputs in place: fresh tensors that no backward saved.
+        hidden_states = drop_path(attn_output, self.drop_path, self.training).add_(hidden_states)
         mlp_output = self.mlp(self.norm2(hidden_states), height, width)
-        return hidden_states + drop_path(mlp_output, self.drop_path, self.training)
+        return drop_path(mlp_output, self.drop_path, self.training).add_(hidden_states)
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}"
@@ -267,7 +298,8 @@ class HfPvtStage(nn.Module):
                 cls_token = self.cls_token.expand(hidden_states.shape[0], -1, -1)
                 hidden_states = torch.cat((cls_token, hidden_states), dim=1)
                 position = torch.cat((self.pos_embed[:, :1], position), dim=1)
-            hidden_states = self.pos_dropout(hidden_states + position)
+            # In place: the sum goes into the patch-embedding norm's (or the concatenation's) fresh output.
+            hidden_states = self.pos_dropout(hidden_states.add_(position))
 
         for block in self.blocks:
             hidden_states = block(hidden_states, height, width, **kwargs)
@@ -453,9 +485,171 @@ class HfPvtBackbone(BackboneMixin, HfPvtModel):
         )
 
 
+class HfPvtFeaturePyramid(nn.Module):
+    """FPN neck: 1x1 lateral convs to one width, a top-down pass of upsample-and-add, then 3x3 output convs."""
+
+    def __init__(self, in_channels: list[int], out_channels: int):
+        super().__init__()
+        self.lateral_convs = nn.ModuleList(
+            nn.Conv2d(channels, out_channels, kernel_size=1) for channels in in_channels
+        )
+        self.fpn_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in in_channels
+        )
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        laterals = [conv(feature_map) for conv, feature_map in zip(self.lateral_convs, feature_maps)]
+        for level in range(len(laterals) - 1, 0, -1):
+            # Upsample to the finer map's exact size, not by 2: inputs that are no multiple of 32 give odd sizes.
+            coarse = F.interpolate(laterals[level], size=laterals[level - 1].shape[-2:], mode="nearest")
+            laterals[level - 1] = laterals[level - 1] + coarse
+        return [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
+
+
+class HfPvtSemanticFpnConv(nn.Module):
+    """3x3 conv -> GroupNorm(32) -> ReLU, optionally followed by a 2x bilinear upsample."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        # The authors trained this head with SyncBN over 16 images on 8 GPUs. A fine-tune on one device runs at
+        # batch sizes of 1-4, where batch statistics are noise and BN's train/eval behaviour drifts apart;
+        # GroupNorm(32) (the Panoptic FPN choice) does not depend on the batch and behaves the same in eval.
+        self.norm = nn.GroupNorm(32, out_channels)
+        self.act = nn.ReLU()
+        self.upsample = upsample
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.act(self.norm(self.conv(hidden_states)))
+        if self.upsample:
+            hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return hidden_states
+
+
+class HfPvtSemanticFpnHead(nn.Module):
+    """Semantic FPN head: each FPN level is brought to stride 4 by conv(+2x upsample) steps, the levels are summed,
+    and a 1x1 classifier predicts `num_labels` logits at a quarter of the input resolution."""
+
+    def __init__(self, config: HfPvtConfig):
+        super().__init__()
+        strides = [math.prod(config.strides[: index + 1]) for index in range(config.num_stages)]
+        self.scale_heads = nn.ModuleList()
+        for stride in strides:
+            num_upsamples = round(math.log2(stride / strides[0]))
+            self.scale_heads.append(
+                nn.ModuleList(
+                    HfPvtSemanticFpnConv(
+                        config.decoder_hidden_size if step == 0 else config.decoder_head_size,
+                        config.decoder_head_size,
+                        upsample=num_upsamples > 0,
+                    )
+                    for step in range(max(num_upsamples, 1))
+                )
+            )
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
+        self.classifier = nn.Conv2d(config.decoder_head_size, config.num_labels, kernel_size=1)
+
+    def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        merged = None
+        for scale_head, hidden_states in zip(self.scale_heads, pyramid):
+            for layer in scale_head:
+                hidden_states = layer(hidden_states)
+            if merged is None:
+                merged = hidden_states
+            else:
+                # Repeated 2x upsampling overshoots by a pixel when a side is no multiple of 32: align to stride 4.
+                merged = merged + F.interpolate(
+                    hidden_states, size=merged.shape[-2:], mode="bilinear", align_corners=False
+                )
+        return self.classifier(self.dropout(merged))
+
+
+class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
+    """The encoder (dense-prediction mode) with the paper's Semantic FPN: an FPN neck and a light convolutional head.
+
+    The base model is `pvt`, as in the classifier, so ImageNet checkpoints load into it (their `classifier`, and for
+    v1 the cls token and final norm, are unused here).
+    """
+
+    _keys_to_ignore_on_load_unexpected = [
+        r"^classifier\.",
+        r"^pvt\.stages\.\d+\.cls_token$",
+        r"^pvt\.stages\.\d+\.norm\.",
+    ]
+
+    def __init__(self, config: HfPvtConfig):
+        super().__init__(config)
+        if config.decoder_head_size % 32:
+            raise ValueError(
+                f"decoder_head_size {config.decoder_head_size} must be a multiple of 32: the Semantic FPN head "
+                "normalises with GroupNorm(32). Use e.g. 128 (the paper) or 32 for small experiments."
+            )
+        if config.num_labels < 2:
+            raise ValueError(
+                f"Semantic segmentation needs num_labels >= 2 (got {config.num_labels}); for a binary task use two "
+                "labels, background and foreground."
+            )
+        self.pvt = HfPvtModel(config, dense_prediction=True)
+        self.neck = HfPvtFeaturePyramid(config.hidden_sizes, config.decoder_hidden_size)
+        self.decode_head = HfPvtSemanticFpnHead(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # mmseg's classifier init: small weights start the logits near uniform, so the first loss is ~log(num_labels).
+        if module is self.decode_head.classifier:
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.zeros_(module.bias)
+
+    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        if labels.ndim != 3 or labels.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"labels must be a (batch, height, width) tensor of class ids with the batch size of pixel_values "
+                f"({pixel_values.shape[0]}), got shape {tuple(labels.shape)}. Pass the image processor's `labels` "
+                "(segmentation_maps=...), not one-hot or channel-first masks."
+            )
+        if labels.is_floating_point():
+            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}; use labels.long().")
+        ignore_index = self.config.semantic_loss_ignore_index
+        valid = labels[labels != ignore_index]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= self.config.num_labels):
+            raise ValueError(
+                f"labels hold class ids in [{int(valid.min())}, {int(valid.max())}] but the model predicts "
+                f"{self.config.num_labels} labels (ids 0..{self.config.num_labels - 1}, {ignore_index} ignored). "
+                "Set num_labels, or reduce ADE20K-style labels with the image processor's do_reduce_labels=True."
+            )
+
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+    ) -> SemanticSegmenterOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Class ids per pixel, at any resolution (the logits are upsampled to it for the cross-entropy);
+            `config.semantic_loss_ignore_index` (255) marks pixels left out of the loss.
+
+        Returns `logits` of shape `(batch_size, num_labels, height/4, width/4)`; use the image processor's
+        `post_process_semantic_segmentation` for maps at the original image size.
+        """
+        if labels is not None:
+            self._check_labels(labels, pixel_values)
+        outputs = self.pvt(pixel_values, **kwargs)
+        logits = self.decode_head(self.neck(outputs.feature_maps))
+
+        loss = None
+        if labels is not None:
+            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+        return SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 __all__ = [
     "HfPvtBackbone",
     "HfPvtForImageClassification",
+    "HfPvtForSemanticSegmentation",
     "HfPvtModel",
     "HfPvtModelOutput",
     "HfPvtPreTrainedModel",
