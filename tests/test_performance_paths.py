@@ -1,0 +1,98 @@
+"""The fast paths give the reference's numbers: in-place and chunked inference, autograd, torch.compile, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_reference, to_hf_pvt_state_dict
+
+from conversion.layouts import ORIGINAL_TO_HF_PVT, rename_key
+from hf_pvt.modeling_hf_pvt import HfPvtForImageClassification, HfPvtMlp, tokens_to_map
+
+
+def _model_and_reference(member: str) -> tuple[HfPvtForImageClassification, torch.nn.Module]:
+    reference = tiny_reference(member)
+    model = HfPvtForImageClassification(tiny_config(member)).eval()
+    model.load_state_dict(to_hf_pvt_state_dict(reference), strict=True)
+    return model, reference
+
+
+def test_tokens_to_map_is_a_view_that_convolutions_accept():
+    tokens = torch.randn(2, 6 * 5, 8)
+    feature_map = tokens_to_map(tokens, 6, 5)
+    assert feature_map.data_ptr() == tokens.data_ptr()
+    torch.testing.assert_close(feature_map, tokens.transpose(1, 2).reshape(2, 8, 6, 5), atol=0, rtol=0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    back = conv(feature_map).flatten(2).transpose(1, 2)
+    assert back.is_contiguous()
+    expected = conv(tokens.transpose(1, 2).reshape(2, 8, 6, 5).contiguous()).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(back, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3000])
+def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkeypatch):
+    """Force the MLP into small chunks (the path of large CPU batches and images): single tokens (v1) or bands of
+    one or a few rows with halo rows for the depthwise conv (v2); the result must stay the reference's."""
+    model, reference = _model_and_reference(member)
+    pixel_values = torch.randn(2, 3, 40, 36)
+    calls = []
+    original = HfPvtMlp._forward
+
+    def counting_forward(self, hidden_states, height, width):
+        calls.append(hidden_states.shape[0])
+        return original(self, hidden_states, height, width)
+
+    monkeypatch.setattr(HfPvtMlp, "_forward", counting_forward)
+    monkeypatch.setattr(HfPvtMlp, "cpu_chunk_bytes", chunk_bytes)
+    with torch.inference_mode():
+        logits = model(pixel_values).logits
+        features = model.pvt(pixel_values).feature_maps
+    assert 1 in calls, "the large stages should have run their MLP on chunks of a single image"
+    with torch.no_grad():
+        torch.testing.assert_close(logits, reference(pixel_values), atol=1e-5, rtol=1e-5)
+        for ours, theirs in zip(features, reference.forward_stages(pixel_values)):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_training_path_gives_the_reference_gradients(member):
+    """With autograd the activations stay out of place; the in-place residual sums must not corrupt backward."""
+    model, reference = _model_and_reference(member)
+    model.train()
+    reference.train()
+    pixel_values = torch.randn(2, 3, 64, 48)
+    model(pixel_values).logits.square().sum().backward()
+    reference(pixel_values).square().sum().backward()
+    ours = {name: p.grad for name, p in model.named_parameters()}
+    for name, parameter in reference.named_parameters():
+        grad = ours[rename_key(name, ORIGINAL_TO_HF_PVT)]
+        torch.testing.assert_close(grad, parameter.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("member", ["v1", "v2-linear"])
+def test_compile_fullgraph_without_graph_breaks(member):
+    """Dynamo must capture the whole forward (fullgraph=True raises on any break); the eager backend keeps it fast."""
+    torch._dynamo.reset()
+    model, reference = _model_and_reference(member)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(pixel_values).logits, reference(pixel_values), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_fullgraph_with_inductor_matches_eager():
+    torch._dynamo.reset()
+    model, _ = _model_and_reference("v2")
+    compiled = torch.compile(model, fullgraph=True)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("member", ["v1", "v2"])
+def test_torch_export_matches_eager(member):
+    model, reference = _model_and_reference(member)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    exported = torch.export.export(model, (pixel_values,))
+    other = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(other).logits, reference(other), atol=1e-5, rtol=1e-5)
