@@ -8,8 +8,8 @@ Every case runs in a fresh subprocess, so that one model's allocations cannot hi
 - timing: hf_pvt and Transformers built with the same random weights, outputs checked for equality, then timed
   in alternating iterations, so machine noise (other processes) hits both alike; latency is the median;
 - memory: one subprocess per model; the peak resident set (CPU: `ru_maxrss` after resetting the peak through
-  `/proc/self/clear_refs`) or `torch.cuda.max_memory_allocated` during the first measured step, minus the level
-  after the model was built.
+  `/proc/self/clear_refs`, with glibc told to return freed memory at once) or `torch.cuda.max_memory_allocated`
+  during the first measured step, minus the level after the model was built.
 Throughput is also given as a fraction of the machine's fp32 matrix-multiply rate, measured in the same run,
 with SPEC §2's MACs (GFLOP = 2 x GMACs per image). Results go to benchmarks/results/ (JSON, CSV, PNG) and a
 markdown table is printed.
@@ -354,6 +354,11 @@ def build_cases(device: str, quick: bool, compile_: bool) -> list[dict]:
 
 def run_worker(payload: dict, timeout: float = 900) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if payload["task"] == "memory":
+        # glibc keeps freed heap memory (allocations under its mmap threshold) mapped, so the resident peak would
+        # count tensors long dead; mapping allocations from 64 KiB up makes frees visible and the peak that of live
+        # tensors. Same setting for both libraries; timing workers keep the default allocator.
+        env.update({"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(payload)]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     for line in reversed(completed.stdout.splitlines()):
