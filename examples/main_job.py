@@ -173,9 +173,7 @@ def main() -> None:
     # Reload the folder the way a user would, and classify held-out images.
     reloaded = AutoModelForImageClassification.from_pretrained(args.output_dir)
     print(f"reloaded {type(reloaded).__name__} with labels {list(reloaded.config.id2label.values())}")
-    # trust_remote_code=False: `import hf_pvt` already serves the folder's classes, and saying so keeps the pipeline's
-    # video-processor probe from stopping to ask whether to run the copied code.
-    classifier = pipeline("image-classification", model=args.output_dir, trust_remote_code=False)
+    classifier = pipeline("image-classification", model=args.output_dir)
     test_dataset.reset_format()
     images, targets = list(test_dataset["image"]), list(test_dataset["label"])
     predictions = [top[0]["label"] for top in classifier(images, batch_size=128)]

@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
 )
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
 from .configuration_hf_pvt import PRESETS, HfPvtConfig
 from .image_processing_hf_pvt import HfPvtImageProcessor
@@ -42,6 +43,10 @@ def _register() -> None:
         model_class.register_for_auto_class(auto_class.__name__)
     AutoImageProcessor.register(HfPvtConfig, slow_image_processor_class=HfPvtImageProcessor, exist_ok=True)
     HfPvtImageProcessor.register_for_auto_class()
+    # hf_pvt has no video processor, and says so: pipeline() probes every folder for one, infers a video class
+    # from the image processor's auto_map entry, and would otherwise ask whether to run the folder's code.
+    # (AutoVideoProcessor.register itself demands torchvision, hence the mapping.)
+    VIDEO_PROCESSOR_MAPPING.register(HfPvtConfig, {}, exist_ok=True)
 
 
 _register()

@@ -162,3 +162,15 @@ def test_image_feature_extraction_pipeline_on_a_real_photo(saved_classifier):
     features = extract(Image.open(PHOTO), return_tensors=True)
     # The unpooled features are the last stage's map: 224 / 32 = 7.
     assert tuple(features.shape) == (1, 64, 7, 7)
+
+
+def test_pipeline_loads_hf_pvt_folders_without_asking_about_custom_code(saved_classifier, monkeypatch):
+    # pipeline() probes folders for a video processor; hf_pvt registers that it has none, so the folder's
+    # copied code never triggers Transformers' interactive "run the custom code?" question.
+    prompts = []
+    monkeypatch.setattr("builtins.input", lambda *args: prompts.append(args) or "n")
+    folder, _ = saved_classifier
+    classify = pipeline("image-classification", model=str(folder))
+    assert prompts == []  # Transformers swallows errors around its prompt, so count the calls
+    assert type(classify.model) is HfPvtForImageClassification
+    assert type(classify.image_processor) is HfPvtImageProcessor

@@ -249,7 +249,7 @@ def test_main_job_quick_saves_a_folder_that_reloads(tmp_path):
     model = AutoModelForImageClassification.from_pretrained(output_dir)
     assert isinstance(model, HfPvtForImageClassification)
     assert model.config.id2label == {i: str(i) for i in range(10)}
-    classifier = pipeline("image-classification", model=str(output_dir), trust_remote_code=False)
+    classifier = pipeline("image-classification", model=str(output_dir))
     assert classifier.image_processor.size == {"height": 32, "width": 32}
 
     # The pipeline's answer on a real digit equals the model's own argmax on the processor's pixels.
