@@ -63,11 +63,32 @@ def resize_position_embedding(
     position_embedding: torch.Tensor, grid_size: tuple[int, int], height: int, width: int
 ) -> torch.Tensor:
     """Bilinearly resize a `(1, grid_h * grid_w, C)` embedding stored for `grid_size` to `height x width`."""
-    if (height, width) == grid_size:
+    # An exported graph must serve every size, so it always interpolates (exactly the identity at the stored size).
+    if not torch.compiler.is_exporting() and (height, width) == grid_size:
         return position_embedding
     grid = position_embedding.reshape(1, *grid_size, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
     return grid.flatten(2).transpose(1, 2)
+
+
+def adaptive_avg_pool2d(feature_map: torch.Tensor, output_size: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d`, written as two averaging matmuls when exporting: ONNX's translation of the native op
+    bakes in the traced map size (wrong results or index errors at other sizes when 7 does not divide the map)."""
+    if not torch.compiler.is_exporting():
+        return F.adaptive_avg_pool2d(feature_map, output_size)
+    height, width = feature_map.shape[-2:]
+    rows = _pooling_matrix(height, output_size, feature_map)
+    columns = _pooling_matrix(width, output_size, feature_map)
+    return torch.einsum("ih,bchw,jw->bcij", rows, feature_map, columns)
+
+
+def _pooling_matrix(length: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """`(bins, length)` weights averaging each adaptive-pooling bin: [floor(i*L/bins), ceil((i+1)*L/bins))."""
+    index = torch.arange(bins, device=like.device)
+    starts, ends = (index * length) // bins, ((index + 1) * length + bins - 1) // bins
+    positions = torch.arange(length, device=like.device)
+    inside = (positions >= starts[:, None]) & (positions < ends[:, None])
+    return inside.to(like.dtype) / (ends - starts)[:, None].to(like.dtype)
 
 
 def tokens_to_map(hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -131,7 +152,7 @@ class HfPvtAttention(nn.Module):
         self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.pool = nn.AdaptiveAvgPool2d(7) if self.linear else None
+        self.pool_size = 7 if self.linear else None
         if self.linear or sr_ratio > 1:
             kernel = 1 if self.linear else sr_ratio
             self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=kernel, stride=kernel)
@@ -149,8 +170,8 @@ class HfPvtAttention(nn.Module):
         reduced = hidden_states
         if self.sr is not None:
             feature_map = tokens_to_map(hidden_states, height, width)
-            if self.pool is not None:
-                feature_map = self.pool(feature_map)
+            if self.pool_size is not None:
+                feature_map = adaptive_avg_pool2d(feature_map, self.pool_size)
             reduced = self.norm(self.sr(feature_map).flatten(2).transpose(1, 2))
             if self.act is not None:
                 reduced = self.act(reduced)

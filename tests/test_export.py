@@ -1,0 +1,66 @@
+"""Exported graphs serve every input size: torch.export and ONNX with dynamic height and width.
+
+Known faults of other ports this guards against (SPEC §5): v1's position embeddings tied to one size, and
+the linear variant's 7x7 adaptive pooling, which ONNX bakes in for the traced size when 7 does not divide it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from hf_pvt import HfPvtForImageClassification
+from hf_pvt.modeling_hf_pvt import _pooling_matrix
+
+TRACED = (2, 3, 96, 128)
+# torch.export specialises sizes 0 and 1, so an exported program refuses inputs whose smallest reduced map would
+# be a single token (here below 64 px for v1); ONNX Runtime does not check that guard, and is correct there too.
+OTHER_SIZES = [(1, 3, 100, 132), (2, 3, 224, 224), (1, 3, 72, 200)]
+ONNX_SIZES = [*OTHER_SIZES, (1, 3, 32, 61)]
+
+
+def dynamic_shapes() -> dict:
+    auto = torch.export.Dim.AUTO
+    return {"pixel_values": {0: torch.export.Dim("batch", max=64), 2: auto, 3: auto}}
+
+
+@pytest.mark.parametrize("length", [1, 3, 7, 8, 13, 24, 56])
+def test_pooling_matrices_average_the_adaptive_pooling_bins(length):
+    feature_map = torch.randn(2, 3, length, length + 5)
+    rows, columns = _pooling_matrix(length, 7, feature_map), _pooling_matrix(length + 5, 7, feature_map)
+    pooled = torch.einsum("ih,bchw,jw->bcij", rows, feature_map, columns)
+    torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(feature_map, 7), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("member", ["v1", "v2", "v2-linear"])
+def test_torch_export_with_dynamic_sizes(member):
+    torch.manual_seed(0)
+    model = HfPvtForImageClassification(tiny_config(member)).eval()
+    exported = torch.export.export(model, (torch.randn(*TRACED),), dynamic_shapes=dynamic_shapes())
+    for shape in OTHER_SIZES:
+        pixel_values = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        torch.testing.assert_close(exported.module()(pixel_values).logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("member", ["v1", "v2", "v2-linear"])
+def test_onnx_export_with_dynamic_sizes(member, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = HfPvtForImageClassification(tiny_config(member)).eval()
+    path = tmp_path / f"{member}.onnx"
+    torch.onnx.export(
+        model, (torch.randn(*TRACED),), path, dynamo=True, input_names=["pixel_values"],
+        dynamic_shapes=dynamic_shapes(), verbose=False,
+    )  # fmt: skip
+    session = onnxruntime.InferenceSession(str(path))
+    for shape in ONNX_SIZES:
+        pixel_values = torch.randn(*shape)
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)
