@@ -202,6 +202,16 @@ def test_sdpa_is_the_default_and_agrees_with_eager(member):
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=0)
 
 
+def test_flex_attention_agrees_with_eager():
+    _, model = loaded_pair("v2-linear")
+    pixel_values = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(pixel_values).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(pixel_values).logits
+    torch.testing.assert_close(flex, eager, atol=1e-5, rtol=0)
+
+
 def test_output_attentions_uses_eager_attention_even_under_sdpa():
     model = HfPvtModel(tiny_config("v2")).eval()
     with torch.no_grad():
