@@ -68,8 +68,10 @@ class VerifyResult:
 
 
 def load_image_like_transformers(image_path: str | Path, size: int = 224) -> torch.Tensor:
-    """The (1, 3, size, size) tensor Transformers' PVT ports fed their models: resize without crop, normalise."""
-    image = PIL.Image.open(image_path).convert("RGB").resize((size, size), PIL.Image.Resampling.BILINEAR)
+    """The (1, 3, size, size) tensor Transformers' PVT ports fed their models: resize without crop, normalise.
+
+    Bicubic, as `PvtImageProcessor` defaults to; the tolerance also covers a bilinear resize."""
+    image = PIL.Image.open(image_path).convert("RGB").resize((size, size), PIL.Image.Resampling.BICUBIC)
     pixels = (np.asarray(image, dtype=np.float32) / 255.0 - _MEAN) / _STD
     return torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None]
 
