@@ -5,8 +5,9 @@
     python benchmarks/benchmark.py --device cuda   # bf16 autocast, batch 64 (written for CUDA, see README)
 
 Every case runs in a fresh subprocess, so that one model's allocations cannot hide in another's peak:
-- timing: hf_pvt and Transformers built with the same random weights, outputs checked for equality, then timed
-  in alternating iterations, so machine noise (other processes) hits both alike; latency is the median;
+- timing: a Transformers model with random weights and the hf_pvt model the converter makes of it, outputs
+  checked for equality, then timed in alternating iterations, so machine noise (other processes) hits both
+  alike; latency is the median;
 - memory: one subprocess per model; the peak resident set (CPU: `ru_maxrss` after resetting the peak through
   `/proc/self/clear_refs`, with glibc told to return freed memory at once) or `torch.cuda.max_memory_allocated`
   during the first measured step, minus the level after the model was built.
@@ -21,7 +22,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -34,73 +34,21 @@ RESULTS = REPO / "benchmarks" / "results"
 # SPEC §2: GMACs per 224x224 image.
 GMACS_224 = {"pvt-small": 3.8, "pvt-v2-b2": 4.0}
 
-# hf_pvt key -> Transformers key. `kv` is split afterwards: Transformers keeps separate key and value Linears.
-_V1_BLOCK = [
-    (r"\.norm1\.", ".layer_norm_1."),
-    (r"\.norm2\.", ".layer_norm_2."),
-    (r"\.attn\.q\.", ".attention.self.query."),
-    (r"\.attn\.kv\.", ".attention.self.kv."),
-    (r"\.attn\.sr\.", ".attention.self.sequence_reduction."),
-    (r"\.attn\.norm\.", ".attention.self.layer_norm."),
-    (r"\.attn\.proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".mlp.dense1."),
-    (r"\.mlp\.fc2\.", ".mlp.dense2."),
-]
-HF_PVT_TO_TRANSFORMERS_V1 = [
-    (r"^pvt\.stages\.(\d)\.patch_embed\.proj\.", r"pvt.encoder.patch_embeddings.\1.projection."),
-    (r"^pvt\.stages\.(\d)\.patch_embed\.norm\.", r"pvt.encoder.patch_embeddings.\1.layer_norm."),
-    (r"^pvt\.stages\.(\d)\.pos_embed$", r"pvt.encoder.patch_embeddings.\1.position_embeddings"),
-    (r"^pvt\.stages\.(\d)\.cls_token$", r"pvt.encoder.patch_embeddings.\1.cls_token"),
-    (r"^pvt\.stages\.(\d)\.blocks\.(\d+)\.", r"pvt.encoder.block.\1.\2."),
-    *_V1_BLOCK,
-    (r"^pvt\.stages\.\d\.norm\.", "pvt.encoder.layer_norm."),
-]
-HF_PVT_TO_TRANSFORMERS_V2 = [
-    (r"^pvt\.stages\.(\d)\.patch_embed\.proj\.", r"pvt_v2.encoder.layers.\1.patch_embedding.proj."),
-    (r"^pvt\.stages\.(\d)\.patch_embed\.norm\.", r"pvt_v2.encoder.layers.\1.patch_embedding.layer_norm."),
-    (r"^pvt\.stages\.(\d)\.blocks\.", r"pvt_v2.encoder.layers.\1.blocks."),
-    (r"^pvt\.stages\.(\d)\.norm\.", r"pvt_v2.encoder.layers.\1.layer_norm."),
-    (r"\.norm1\.", ".layer_norm_1."),
-    (r"\.norm2\.", ".layer_norm_2."),
-    (r"\.attn\.q\.", ".attention.query."),
-    (r"\.attn\.kv\.", ".attention.kv."),
-    (r"\.attn\.sr\.", ".attention.spatial_reduction."),
-    (r"\.attn\.norm\.", ".attention.layer_norm."),
-    (r"\.attn\.proj\.", ".attention.proj."),
-    (r"\.mlp\.fc1\.", ".mlp.dense1."),
-    (r"\.mlp\.dwconv\.", ".mlp.dwconv.dwconv."),
-    (r"\.mlp\.fc2\.", ".mlp.dense2."),
-]
-
-
-def to_transformers(state_dict: dict, version: int, base_prefix: str | None = None) -> dict:
-    """Rename hf_pvt keys to Transformers' and split each fused `kv` into `key` and `value` (rows [:C], [C:])."""
-    table = HF_PVT_TO_TRANSFORMERS_V1 if version == 1 else HF_PVT_TO_TRANSFORMERS_V2
-    converted = {}
-    for key, tensor in state_dict.items():
-        if not key.startswith(("pvt.", "classifier.")):
-            key = "pvt." + key  # a base model or backbone: no head prefix
-        for pattern, replacement in table:
-            key = re.sub(pattern, replacement, key)
-        if base_prefix is not None:
-            key = key.replace("pvt_v2.", base_prefix, 1)
-        if ".kv." in key:
-            key_part, value_part = tensor.chunk(2, dim=0)
-            converted[key.replace(".kv.", ".key.")] = key_part
-            converted[key.replace(".kv.", ".value.")] = value_part
-        else:
-            converted[key] = tensor
-    return converted
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Worker side: one case in a fresh process.
 # ----------------------------------------------------------------------------------------------------------
 
 
 def _build(impl: str, preset: str, kind: str, image_size: int):
-    """An hf_pvt model with seeded random weights, or the Transformers model holding exactly those weights."""
+    """A Transformers model with seeded random weights, or the hf_pvt model that hf_pvt's converter makes of it.
+
+    Going through the converter keeps one key-renaming table in the project (Transformers -> hf_pvt), and its
+    strict accounting guarantees that both models hold exactly the same tensors.
+    """
+    import tempfile
+
     import torch
+    from safetensors.torch import save_file
     from transformers import (
         PvtConfig,
         PvtForImageClassification,
@@ -109,18 +57,11 @@ def _build(impl: str, preset: str, kind: str, image_size: int):
         PvtV2ForImageClassification,
     )
 
+    from conversion.convert import convert
     from hf_pvt.configuration_hf_pvt import HfPvtConfig
-    from hf_pvt.modeling_hf_pvt import HfPvtBackbone, HfPvtForImageClassification
 
     torch.manual_seed(0)
-    config = HfPvtConfig.from_preset(preset, num_labels=1000)
-    if kind == "backbone":
-        config = HfPvtConfig.from_preset(preset, out_indices=[0, 1, 2, 3])
-        model = HfPvtBackbone(config)
-    else:
-        model = HfPvtForImageClassification(config)
-    if impl == "hf_pvt":
-        return model
+    config = HfPvtConfig.from_preset(preset)
     common = {
         "hidden_sizes": config.hidden_sizes,
         "depths": config.depths,
@@ -135,17 +76,21 @@ def _build(impl: str, preset: str, kind: str, image_size: int):
         reference = PvtForImageClassification(
             PvtConfig(**common, sequence_reduction_ratios=config.sr_ratios, image_size=config.image_size)
         )
-        prefix = None
     elif kind == "backbone":
         reference = PvtV2Backbone(
             PvtV2Config(**common, sr_ratios=config.sr_ratios, out_features=["stage1", "stage2", "stage3", "stage4"])
         )
-        prefix = ""
     else:
         reference = PvtV2ForImageClassification(PvtV2Config(**common, sr_ratios=config.sr_ratios))
-        prefix = None
-    reference.load_state_dict(to_transformers(model.state_dict(), config.pvt_version, prefix), strict=True)
-    return reference
+    if impl == "transformers":
+        return reference
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/transformers.safetensors"
+        save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, path)
+        model = convert(path, variant=preset).model
+    if kind == "backbone":
+        model.out_indices = [0, 1, 2, 3]
+    return model
 
 
 def _outputs(model, pixel_values):
