@@ -10,6 +10,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
 )
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
@@ -19,9 +20,11 @@ from .image_processing_hf_pvt import HfPvtImageProcessor
 from .modeling_hf_pvt import (
     HfPvtBackbone,
     HfPvtForImageClassification,
+    HfPvtForObjectDetection,
     HfPvtForSemanticSegmentation,
     HfPvtModel,
     HfPvtModelOutput,
+    HfPvtObjectDetectionOutput,
     HfPvtPreTrainedModel,
 )
 
@@ -32,6 +35,7 @@ _AUTO_CLASSES = (
     (AutoModelForImageClassification, HfPvtForImageClassification),
     (AutoBackbone, HfPvtBackbone),
     (AutoModelForSemanticSegmentation, HfPvtForSemanticSegmentation),
+    (AutoModelForObjectDetection, HfPvtForObjectDetection),
 )
 
 
@@ -56,9 +60,11 @@ __all__ = [
     "HfPvtBackbone",
     "HfPvtConfig",
     "HfPvtForImageClassification",
+    "HfPvtForObjectDetection",
     "HfPvtForSemanticSegmentation",
     "HfPvtImageProcessor",
     "HfPvtModel",
     "HfPvtModelOutput",
+    "HfPvtObjectDetectionOutput",
     "HfPvtPreTrainedModel",
 ]

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -180,8 +181,10 @@ class HfPvtAttention(nn.Module):
             self.kv(reduced).unflatten(-1, (2, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
         )
 
-        # Attention weights exist only in the eager path, so asking for them selects it.
-        implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
+        # Attention weights exist only in the eager path, so asking for them selects it; an empty batch takes it
+        # too, since the fused kernels' reshapes cannot infer a size from zero elements.
+        use_eager = kwargs.get("output_attentions") or batch_size == 0
+        implementation = "eager" if use_eager else self.config._attn_implementation
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
@@ -409,6 +412,7 @@ class HfPvtModel(HfPvtPreTrainedModel):
         uses_cls_token = config.pvt_version == 1 and not dense_prediction
         total_depth = sum(config.depths)
         drop_paths = [config.drop_path_rate * i / max(total_depth - 1, 1) for i in range(total_depth)]
+        self._min_input_size = None
         self.stages = nn.ModuleList()
         for index, depth in enumerate(config.depths):
             first = sum(config.depths[:index])
@@ -427,11 +431,18 @@ class HfPvtModel(HfPvtPreTrainedModel):
 
     @property
     def min_input_size(self) -> int:
-        """The smallest height/width for which every stage keeps at least one token."""
-        size = 1
-        while not all(s >= 1 for s in self.stage_sizes(size)):
-            size += 1
-        return size
+        """The smallest height/width for which every stage keeps at least one token and every strided
+        spatial-reduction convolution (kernel = sr_ratio) still fits in its stage's map."""
+        if self._min_input_size is None:
+            kernels = [
+                stage.blocks[0].attn.sr.kernel_size[0] if stage.blocks and stage.blocks[0].attn.sr is not None else 1
+                for stage in self.stages
+            ]
+            size = 1
+            while not all(side >= kernel for side, kernel in zip(self.stage_sizes(size), kernels)):
+                size += 1
+            self._min_input_size = size
+        return self._min_input_size
 
     def stage_sizes(self, size: int) -> list[int]:
         """The side of each stage's feature map for an input side of `size` pixels."""
@@ -458,8 +469,9 @@ class HfPvtModel(HfPvtPreTrainedModel):
         minimum = self.min_input_size
         if height < minimum or width < minimum:
             raise ValueError(
-                f"Images of {height}x{width} are too small: every stage needs at least one token, "
-                f"so height and width must be at least {minimum} pixels. Resize or pad the images."
+                f"Images of {height}x{width} are too small: every stage needs at least one token (and at least "
+                f"sr_ratio tokens per side where keys are reduced), so height and width must be at least {minimum} "
+                "pixels. Resize or pad the images."
             )
 
     @merge_with_config_defaults
@@ -470,6 +482,9 @@ class HfPvtModel(HfPvtPreTrainedModel):
             Normalised images of any size at least `min_input_size` (32 for v1), square or not.
         """
         self._check_pixel_values(pixel_values)
+        # The recorder collects attention weights when the call or the config asks; the attention layers must see
+        # the same answer, or they take the fused path and the weights come back empty.
+        kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
         feature_maps = []
         feature_map, cls_token = pixel_values, None
         for stage in self.stages:
@@ -524,24 +539,37 @@ class HfPvtBackbone(BackboneMixin, HfPvtModel):
 
 
 class HfPvtFeaturePyramid(nn.Module):
-    """FPN neck: 1x1 lateral convs to one width, a top-down pass of upsample-and-add, then 3x3 output convs."""
+    """FPN neck (MMDetection's `FPN`): 1x1 lateral convs to one width on the stages from `start_level` on, a top-down
+    pass of upsample-and-add, 3x3 output convs, then `num_extra_levels` stride-2 3x3 convs: the first on the last
+    input map (`add_extra_convs='on_input'`), the next ones on the previous extra level, with no ReLU between."""
 
-    def __init__(self, in_channels: list[int], out_channels: int):
+    def __init__(self, in_channels: list[int], out_channels: int, start_level: int = 0, num_extra_levels: int = 0):
         super().__init__()
+        self.start_level = start_level
+        used_channels = in_channels[start_level:]
         self.lateral_convs = nn.ModuleList(
-            nn.Conv2d(channels, out_channels, kernel_size=1) for channels in in_channels
+            nn.Conv2d(channels, out_channels, kernel_size=1) for channels in used_channels
         )
         self.fpn_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in in_channels
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in used_channels
         )
+        for level in range(num_extra_levels):
+            source_channels = in_channels[-1] if level == 0 else out_channels
+            self.fpn_convs.append(nn.Conv2d(source_channels, out_channels, kernel_size=3, stride=2, padding=1))
 
     def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        laterals = [conv(feature_map) for conv, feature_map in zip(self.lateral_convs, feature_maps)]
+        inputs = feature_maps[self.start_level :]
+        laterals = [conv(feature_map) for conv, feature_map in zip(self.lateral_convs, inputs)]
         for level in range(len(laterals) - 1, 0, -1):
             # Upsample to the finer map's exact size, not by 2: inputs that are no multiple of 32 give odd sizes.
             coarse = F.interpolate(laterals[level], size=laterals[level - 1].shape[-2:], mode="nearest")
             laterals[level - 1] = laterals[level - 1] + coarse
-        return [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
+        outputs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
+        extra_input = inputs[-1]
+        for conv in self.fpn_convs[len(laterals) :]:
+            extra_input = conv(extra_input)
+            outputs.append(extra_input)
+        return outputs
 
 
 class HfPvtSemanticFpnConv(nn.Module):
@@ -640,14 +668,24 @@ class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=0.01)
             init.zeros_(module.bias)
 
-    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The labels as a LongTensor on the logits' device, or a ValueError/TypeError saying what to change."""
+        if isinstance(labels, np.ndarray):
+            labels = torch.from_numpy(labels)
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(
+                f"labels must be a torch.Tensor (or numpy array) of class ids, got {type(labels).__name__}; pass the "
+                "image processor's `labels`."
+            )
         if labels.ndim != 3 or labels.shape[0] != pixel_values.shape[0]:
             raise ValueError(
                 f"labels must be a (batch, height, width) tensor of class ids with the batch size of pixel_values "
                 f"({pixel_values.shape[0]}), got shape {tuple(labels.shape)}. Pass the image processor's `labels` "
                 "(segmentation_maps=...), not one-hot or channel-first masks."
             )
-        if labels.is_floating_point():
+        if labels.shape[1] == 0 or labels.shape[2] == 0:
+            raise ValueError(f"labels of shape {tuple(labels.shape)} hold no pixels: give each image its (H, W) map.")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}; use labels.long().")
         ignore_index = self.config.semantic_loss_ignore_index
         valid = labels[labels != ignore_index]
@@ -657,6 +695,7 @@ class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
                 f"{self.config.num_labels} labels (ids 0..{self.config.num_labels - 1}, {ignore_index} ignored). "
                 "Set num_labels, or reduce ADE20K-style labels with the image processor's do_reduce_labels=True."
             )
+        return labels.to(device=pixel_values.device, dtype=torch.long)
 
     @can_return_tuple
     def forward(
@@ -671,24 +710,236 @@ class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
         `post_process_semantic_segmentation` for maps at the original image size.
         """
         if labels is not None:
-            self._check_labels(labels, pixel_values)
+            labels = self._check_labels(labels, pixel_values)
         outputs = self.pvt(pixel_values, **kwargs)
         logits = self.decode_head(self.neck(outputs.feature_maps))
 
         loss = None
         if labels is not None:
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
         return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 
+@dataclass
+class HfPvtObjectDetectionOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, with `labels`):
+        `loss_dict["loss_cls"] + loss_dict["loss_bbox"]`.
+    loss_dict (`dict[str, torch.FloatTensor]`, *optional*, with `labels`):
+        The sigmoid focal loss and the L1 box-delta loss, each normalised by the number of positive anchors.
+    logits (`tuple(torch.FloatTensor)`):
+        Per pyramid level (strides 8 to 128), `(batch_size, num_anchors * num_labels, height_l, width_l)` class
+        logits before the sigmoid (MMDetection's `cls_scores`).
+    pred_box_deltas (`tuple(torch.FloatTensor)`):
+        Per level, `(batch_size, num_anchors * 4, height_l, width_l)` (dx, dy, dw, dh) deltas from the anchors
+        (MMDetection's `bbox_preds`).
+    anchors (`tuple(torch.FloatTensor)`):
+        Per level, `(height_l * width_l * num_anchors, 4)` anchor boxes (x1, y1, x2, y2) in input pixels, in the
+        order of `logits[l].permute(0, 2, 3, 1).reshape(batch_size, -1, num_labels)`.
+    image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        The (height, width) of each image inside `pixel_values` without its padding (from `pixel_mask`): boxes are
+        clipped to it. The image processor's `post_process_object_detection` turns all of this into boxes.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.FloatTensor] | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    pred_box_deltas: tuple[torch.FloatTensor, ...] | None = None
+    anchors: tuple[torch.FloatTensor, ...] | None = None
+    image_sizes: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class HfPvtRetinaHead(nn.Module):
+    """RetinaNet's head, shared by every pyramid level: two branches of `detection_num_convs` 3x3 conv + ReLU, then
+    a 3x3 conv to `num_anchors * num_labels` class logits and one to `num_anchors * 4` box deltas."""
+
+    def __init__(self, config: HfPvtConfig, num_anchors: int):
+        super().__init__()
+        width = config.detection_feat_channels
+        in_channels = [config.decoder_hidden_size] + [width] * (config.detection_num_convs - 1)
+        self.cls_convs = nn.ModuleList(nn.Conv2d(c, width, kernel_size=3, padding=1) for c in in_channels)
+        self.reg_convs = nn.ModuleList(nn.Conv2d(c, width, kernel_size=3, padding=1) for c in in_channels)
+        last = width if config.detection_num_convs else config.decoder_hidden_size
+        self.retina_cls = nn.Conv2d(last, num_anchors * config.num_labels, kernel_size=3, padding=1)
+        self.retina_reg = nn.Conv2d(last, num_anchors * 4, kernel_size=3, padding=1)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_features = reg_features = feature_map
+        for conv in self.cls_convs:
+            cls_features = F.relu(conv(cls_features))
+        for conv in self.reg_convs:
+            reg_features = F.relu(conv(reg_features))
+        return self.retina_cls(cls_features), self.retina_reg(reg_features)
+
+
+class HfPvtForObjectDetection(HfPvtPreTrainedModel):
+    """The papers' RetinaNet detector (SPEC §6): the encoder in dense-prediction mode, an FPN over stages 2-4 with two
+    extra stride-2 levels (P3-P7, strides 8-128) and the shared RetinaNet head with 9 anchors per location.
+
+    Module names follow MMDetection's (`neck.lateral_convs.k`, `neck.fpn_convs.k`, `bbox_head.cls_convs.k`,
+    `bbox_head.retina_cls`, ...), so the authors' detectors convert by renaming. Images of different sizes share a
+    batch by padding (bottom/right) with a `pixel_mask`, as the image processor does. Anchor targets, losses and
+    post-processing (decoding, per-level top-k, class-wise NMS) are the small functions of `detection_hf_pvt`.
+    """
+
+    _keys_to_ignore_on_load_unexpected = HfPvtForSemanticSegmentation._keys_to_ignore_on_load_unexpected
+    strides = (8, 16, 32, 64, 128)
+
+    def __init__(self, config: HfPvtConfig):
+        super().__init__(config)
+        if config.num_stages != 4:
+            raise ValueError(f"RetinaNet reads stages 2-4 of a 4-stage encoder; this config has {config.num_stages}.")
+        if config.num_labels < 1:
+            raise ValueError(f"Object detection needs num_labels >= 1 (got {config.num_labels}).")
+        self.pvt = HfPvtModel(config, dense_prediction=True)
+        self.neck = HfPvtFeaturePyramid(
+            config.hidden_sizes, config.decoder_hidden_size, start_level=1, num_extra_levels=2
+        )
+        self.num_anchors = len(config.anchor_ratios) * config.anchor_scales_per_octave
+        self.bbox_head = HfPvtRetinaHead(config, self.num_anchors)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # MMDetection's RetinaNet init: Xavier-uniform FPN convs, N(0, 0.01) head convs, and a class bias that
+        # starts every anchor at probability 0.01, so the focal loss is not swamped by easy negatives at first.
+        if isinstance(module, nn.Conv2d) and any(module is conv for conv in self.neck.modules()):
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d) and any(module is conv for conv in self.bbox_head.modules()):
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.constant_(module.bias, -math.log((1 - 0.01) / 0.01) if module is self.bbox_head.retina_cls else 0.0)
+
+    def _image_sizes(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            return torch.tensor([[height, width]], device=pixel_values.device).expand(batch_size, 2)
+        if not isinstance(pixel_mask, torch.Tensor) or tuple(pixel_mask.shape) != (batch_size, height, width):
+            shape = tuple(pixel_mask.shape) if isinstance(pixel_mask, torch.Tensor) else type(pixel_mask).__name__
+            raise ValueError(
+                f"pixel_mask must be a (batch, height, width) tensor matching pixel_values "
+                f"{tuple(pixel_values.shape)}, got {shape}; pass the image processor's pixel_mask, or none for "
+                "unpadded images."
+            )
+        valid = pixel_mask.bool()
+        sizes = torch.stack((valid.any(dim=2).sum(dim=1), valid.any(dim=1).sum(dim=1)), dim=1)
+        if bool((sizes == 0).any()):
+            raise ValueError("pixel_mask marks an image with no valid pixel: every image needs at least one.")
+        return sizes
+
+    def _targets(self, labels: list[dict[str, torch.Tensor]], pixel_values: torch.Tensor) -> list[dict]:
+        """Normalised (cx, cy, w, h) boxes relative to `pixel_values` -> absolute (x1, y1, x2, y2) input pixels."""
+        if not isinstance(labels, (list, tuple)) or len(labels) != pixel_values.shape[0]:
+            raise ValueError(
+                f"labels must be a list with one dict per image ({pixel_values.shape[0]}), got "
+                f"{type(labels).__name__} of length {len(labels) if isinstance(labels, (list, tuple)) else '-'}."
+            )
+        height, width = pixel_values.shape[-2:]
+        scale = pixel_values.new_tensor([width, height, width, height])
+        targets = []
+        for index, target in enumerate(labels):
+            if not isinstance(target, dict) or not {"class_labels", "boxes"} <= set(target):
+                raise ValueError(
+                    f"labels[{index}] must be a dict with 'class_labels' (n,) and 'boxes' (n, 4), normalised "
+                    "(center_x, center_y, width, height): the image processor's `labels`."
+                )
+            boxes = torch.as_tensor(target["boxes"], dtype=pixel_values.dtype, device=pixel_values.device)
+            classes = torch.as_tensor(target["class_labels"], device=pixel_values.device)
+            if boxes.ndim != 2 or boxes.shape[-1] != 4 or classes.shape != boxes.shape[:1]:
+                raise ValueError(
+                    f"labels[{index}]: boxes must be (n, 4) and class_labels (n,), got {tuple(boxes.shape)} and "
+                    f"{tuple(classes.shape)}."
+                )
+            if classes.is_floating_point() or (
+                classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.config.num_labels)
+            ):
+                raise ValueError(
+                    f"labels[{index}]: class_labels must be integer ids in [0, {self.config.num_labels}); map the "
+                    "dataset's category ids to contiguous ids (id2label) first."
+                )
+            if not bool(torch.isfinite(boxes).all()) or bool((boxes[:, 2:] < 0).any()):
+                raise ValueError(f"labels[{index}]: boxes must be finite with non-negative width and height.")
+            centers, sizes = boxes[:, :2], boxes[:, 2:]
+            corners = torch.cat((centers - sizes / 2, centers + sizes / 2), dim=1) * scale
+            targets.append({"boxes": corners, "class_labels": classes.long()})
+        return targets
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        **kwargs,
+    ) -> HfPvtObjectDetectionOutput:
+        r"""
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            1 for real pixels, 0 for padding (bottom/right), as the image processor returns it.
+        labels (`list[dict]`, *optional*):
+            One dict per image with `class_labels` (`(n,)` ids) and `boxes` (`(n, 4)` normalised (center_x,
+            center_y, width, height) relative to `pixel_values`' height and width), as Transformers' detection
+            models take them. Images without objects have `n = 0`.
+        """
+        from .detection_hf_pvt import generate_anchors, retinanet_loss  # TEMP: top-level once the module lands
+
+        image_sizes = self._image_sizes(pixel_values, pixel_mask)
+        targets = self._targets(labels, pixel_values) if labels is not None else None
+        outputs = self.pvt(pixel_values, **kwargs)
+        logits, box_deltas = zip(*(self.bbox_head(level) for level in self.neck(outputs.feature_maps)))
+        anchors = generate_anchors(
+            [tuple(level.shape[-2:]) for level in logits],
+            self.strides,
+            octave_base_scale=self.config.anchor_octave_base_scale,
+            scales_per_octave=self.config.anchor_scales_per_octave,
+            ratios=self.config.anchor_ratios,
+            dtype=logits[0].dtype,
+            device=logits[0].device,
+        )
+
+        loss = loss_dict = None
+        if targets is not None:
+            # MMDetection's pad_shape: each image padded to a multiple of 32 (capped by the batch's padded size);
+            # anchors centred beyond it are neither positive nor negative.
+            input_size = image_sizes.new_tensor(pixel_values.shape[-2:])
+            pad_shapes = torch.minimum((image_sizes + 31) // 32 * 32, input_size)
+            loss_dict = retinanet_loss(
+                list(logits),
+                list(box_deltas),
+                anchors,
+                targets,
+                [tuple(shape) for shape in pad_shapes.tolist()],
+                num_classes=self.config.num_labels,
+                alpha=self.config.focal_loss_alpha,
+                gamma=self.config.focal_loss_gamma,
+                pos_iou_thr=self.config.detection_pos_iou_threshold,
+                neg_iou_thr=self.config.detection_neg_iou_threshold,
+            )
+            loss = loss_dict["loss_cls"] + loss_dict["loss_bbox"]
+        return HfPvtObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_box_deltas=box_deltas,
+            anchors=tuple(anchors),
+            image_sizes=image_sizes,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
 __all__ = [
     "HfPvtBackbone",
+    "HfPvtForObjectDetection",
     "HfPvtForImageClassification",
     "HfPvtForSemanticSegmentation",
     "HfPvtModel",
     "HfPvtModelOutput",
+    "HfPvtObjectDetectionOutput",
     "HfPvtPreTrainedModel",
 ]

@@ -63,11 +63,58 @@ def test_presets_accept_other_spellings_and_overrides():
         ({"pvt_version": 1, "image_size": 100}, "multiple of the total stride"),
         ({"drop_path_rate": 1.5}, "drop_path_rate must be in"),
         ({"out_features": ["stage7"]}, "out_features must be a subset"),
+        ({"hidden_sizes": [0, 64, 160, 256]}, "hidden_sizes must hold positive"),
+        ({"pvt_version": 1, "image_size": 0}, "image_size must be a positive"),
+        ({"pvt_version": 1, "image_size": -32}, "image_size must be a positive"),
+        ({"decoder_hidden_size": 0}, "decoder_hidden_size must be a positive"),
+        ({"decoder_head_size": -128}, "decoder_head_size must be a positive"),
+        ({"mlp_ratios": [float("nan"), 8, 4, 4]}, "mlp_ratios must hold positive finite"),
+        ({"mlp_ratios": [float("inf"), 8, 4, 4]}, "mlp_ratios must hold positive finite"),
+        ({"layer_norm_eps": -1e-6}, "layer_norm_eps must be a positive finite"),
+        ({"embedding_layer_norm_eps": float("nan")}, "embedding_layer_norm_eps must be a positive finite"),
+        ({"hidden_act": "gelu2"}, "hidden_act 'gelu2' is unknown"),
+        ({"detection_neg_iou_threshold": 0.6}, "IoU thresholds"),
+        ({"anchor_ratios": []}, "anchor_ratios must be a non-empty"),
     ],
 )
 def test_invalid_configs_raise_a_clear_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HfPvtConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"linear_attention": "false"},
+        {"qkv_bias": "false"},
+        {"num_channels": "3"},
+        {"depths": [2.5, 2, 2, 2]},
+        {"pvt_version": True},
+        {"pvt_version": 1, "image_size": [224, 224]},
+        {"hidden_sizes": "64,128,320,512"},
+    ],
+)
+def test_wrongly_typed_fields_raise_a_type_error_naming_the_field(kwargs):
+    field = next(iter(kwargs)) if len(kwargs) == 1 else "image_size"
+    with pytest.raises(TypeError, match=f"field '{field}'"):
+        HfPvtConfig(**kwargs)
+    with pytest.raises(TypeError, match=f"field '{field}'"):
+        HfPvtConfig.from_preset("pvt-v2-b0", **kwargs)
+
+
+@pytest.mark.parametrize("foreign", ["pvt", "pvt_v2"])
+def test_foreign_configs_are_refused_with_a_pointer_to_the_converter(foreign, tmp_path):
+    from transformers import PvtConfig, PvtV2Config, PvtV2ForImageClassification
+
+    source = (PvtConfig if foreign == "pvt" else PvtV2Config)().to_dict()
+    with pytest.raises(ValueError, match=f"model_type '{foreign}'.*hf-pvt-convert"):
+        HfPvtConfig.from_dict(source)
+    if foreign == "pvt_v2":  # a whole folder: refused before any weight is (mis)loaded
+        PvtV2ForImageClassification(PvtV2Config(hidden_sizes=[16, 32, 40, 64], depths=[1, 1, 1, 1])).save_pretrained(
+            tmp_path
+        )
+        with pytest.raises(ValueError, match="hf-pvt-convert"):
+            HfPvtForImageClassification.from_pretrained(tmp_path)
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -183,9 +230,34 @@ def test_bad_inputs_raise_clear_errors(pixel_values, message):
         model(pixel_values)
 
 
-def test_v2_runs_below_32_pixels_where_v1_cannot():
-    assert HfPvtModel(tiny_config("v2")).min_input_size == 1
-    assert HfPvtModel(tiny_config("v1")).min_input_size == 32
+@pytest.mark.parametrize("member, minimum", [("v1", 32), ("v2", 29), ("v2-linear", 1)])
+def test_min_input_size_is_exact(member, minimum):
+    """The minimum counts the spatial-reduction kernels (sr 8 at stride 4 needs 29 px in v2's overlapping embedding);
+    the model runs at the minimum and refuses one pixel less with the clear error, not a PyTorch kernel error."""
+    model = HfPvtModel(tiny_config(member)).eval()
+    assert model.min_input_size == minimum
+    with torch.no_grad():
+        model(torch.randn(1, 3, minimum, minimum + 3))
+    if minimum > 1:
+        with pytest.raises(ValueError, match=f"too small.*at least {minimum} pixels"):
+            model(torch.randn(1, 3, minimum + 3, minimum - 1))
+
+
+def test_empty_batch_gives_empty_outputs(member):
+    model = HfPvtForImageClassification(tiny_config(member)).eval()
+    with torch.no_grad():
+        empty = model(torch.randn(0, 3, 64, 64)).logits
+    assert empty.shape == (0, 7)
+
+
+def test_config_output_attentions_returns_weights_with_default_sdpa(member):
+    config = tiny_config(member, output_attentions=True)
+    model = HfPvtForImageClassification(config).eval()
+    assert model.config._attn_implementation == "sdpa"  # the layers must still switch to eager for the weights
+    with torch.no_grad():
+        attentions = model(torch.randn(1, 3, 64, 64)).attentions
+        assert len(attentions) == sum(config.depths)
+        assert model(torch.randn(1, 3, 64, 64), output_attentions=False).attentions is None
 
 
 # --- attention, training features ------------------------------------------------------------------

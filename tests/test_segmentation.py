@@ -284,3 +284,17 @@ def test_clear_errors():
         seg_model("v2", decoder_head_size=48)
     with pytest.raises(ValueError, match="num_labels >= 2"):
         HfPvtForSemanticSegmentation(tiny_config("v2", num_labels=1))
+    with pytest.raises(ValueError, match="hold no pixels"):
+        model(pixel_values, labels=torch.zeros(2, 0, 0, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
+        model(pixel_values, labels=[[0]])
+
+
+def test_numpy_labels_give_the_same_loss_as_tensors():
+    model = seg_model("v2").eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = np.random.default_rng(0).integers(0, model.config.num_labels, size=(2, 64, 64)).astype(np.int32)
+    with torch.no_grad():
+        from_numpy = model(pixel_values, labels=labels).loss
+        from_tensor = model(pixel_values, labels=torch.from_numpy(labels).long()).loss
+    assert torch.equal(from_numpy, from_tensor)
