@@ -1,14 +1,21 @@
 """Image processor for the Pyramid Vision Transformer family (PVT v1, PVTv2).
 
 Self-contained on purpose: `save_pretrained` copies this file alone into a Hub folder for
-`trust_remote_code` loading, so it imports only transformers, PIL and numpy (torch lazily, for
-post-processing). It runs on the PIL/numpy backend and needs no torchvision.
+`trust_remote_code` loading, so it imports only the standard library, transformers, PIL and numpy
+(torch lazily, for post-processing). It runs on the PIL/numpy backend and needs no torchvision.
 """
 
+import base64
+import binascii
+import os
+import urllib.request
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
+from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import (
@@ -31,11 +38,15 @@ if TYPE_CHECKING:
 # The value segmentation losses ignore (HF `semantic_loss_ignore_index`, mmseg's ignore_index).
 IGNORE_INDEX = 255
 
+# PIL modes whose pixels are not 8 bits: np.asarray keeps their values, convert("RGB") would saturate them.
+_PIL_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
 
 class HfPvtImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
-        ADE20K convention: label 0 ("other") becomes 255 (ignored) and every other id k becomes k - 1.
+        ADE20K convention: label 0 ("other") becomes 255 (ignored) and every other id k becomes k - 1. Maps
+        with ids above 255 are rejected, since id 256 would become the ignore index.
     """
 
     do_reduce_labels: bool
@@ -51,18 +62,22 @@ class HfPvtImageProcessor(PilBackend):
     `do_center_crop=False` and `size={"height": h, "width": w}`), which keeps the whole image.
 
     `size` is `{"shortest_edge": n}` (aspect-preserving, long side `int(n * long / short)` as in
-    `torchvision.transforms.Resize(n)`) or `{"height": h, "width": w}`. An int `size` means
-    `shortest_edge`, as in torchvision.
+    `torchvision.transforms.Resize(n)`) or `{"height": h, "width": w}`, with positive integers. An
+    int `size` means `shortest_edge`, as in torchvision.
 
     Inputs: PIL images, numpy arrays and torch tensors, channels first or last, with 1 (grayscale),
     3 (RGB) or 4 (RGBA, composited on white) channels, or 2-D grayscale; a single image, a list, or
-    a 4-D batch. Integer pixels must lie in [0, 255] and are scaled by `rescale_factor`; float pixels
-    must already lie in [0, 1] (torchvision `ToTensor` convention), so they skip `do_rescale` and are
-    resized in float precision rather than quantized to 8 bits.
+    a 4-D batch; or paths/URLs, opened in their stored mode. Integer pixels must lie in [0, 255] and
+    are scaled by `rescale_factor`; float pixels must be finite and already lie in [0, 1] (torchvision
+    `ToTensor` convention), so they skip `do_rescale` and are resized in float precision rather than
+    quantized to 8 bits. 16-bit PIL images (modes `I;16*`) become floats `pixel / 65535`; 32-bit float
+    PIL images (mode `F`) are float pixels and must lie in [0, 1]; 32-bit integer PIL images (mode `I`)
+    have no defined range and are rejected with the conversion to use.
 
-    Segmentation maps (`segmentation_maps=`) hold class ids; they go through the same resize and crop
-    as their image with nearest-neighbour resampling, are never rescaled or normalized, and come back
-    as `labels`. Pixels that a crop has to pad are set to 255 (ignored).
+    Segmentation maps (`segmentation_maps=`) hold class ids (arrays, tensors, PIL images in mode `L`,
+    `P`, `I;16` or `I`, or paths to such files); they go through the same resize and crop as their
+    image with nearest-neighbour resampling, are never rescaled or normalized, and come back as
+    `labels`. Pixels that a crop has to pad are set to 255 (ignored).
     """
 
     valid_kwargs = HfPvtImageProcessorKwargs
@@ -84,6 +99,8 @@ class HfPvtImageProcessor(PilBackend):
     def __init__(self, **kwargs: Unpack[HfPvtImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
         _check_size(self.size)
+        if self.crop_size is not None:
+            _check_height_width(self.crop_size, "crop_size")
 
     @classmethod
     def for_dense_prediction(cls, height: int = 512, width: int = 512, **kwargs: Any) -> "HfPvtImageProcessor":
@@ -109,12 +126,24 @@ class HfPvtImageProcessor(PilBackend):
         **kwargs: Unpack[HfPvtImageProcessorKwargs],
     ) -> BatchFeature:
         """Returns `pixel_values` (B, 3, H, W) and, with `segmentation_maps`, int64 `labels` (B, H, W)."""
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        try:
+            return super().preprocess(images, segmentation_maps, **kwargs)
+        except StrictDataclassError as error:
+            # Transformers' type check of the keyword arguments; its message names the argument.
+            raise TypeError(str(error)) from None
 
-    def _validate_preprocess_kwargs(self, size: SizeDict | None = None, **kwargs: Any) -> None:
-        super()._validate_preprocess_kwargs(size=size, **kwargs)
+    def _validate_preprocess_kwargs(
+        self,
+        size: SizeDict | None = None,
+        crop_size: SizeDict | None = None,
+        do_center_crop: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super()._validate_preprocess_kwargs(size=size, crop_size=crop_size, do_center_crop=do_center_crop, **kwargs)
         if kwargs.get("do_resize"):
             _check_size(size)
+        if do_center_crop:
+            _check_height_width(crop_size, "crop_size")
 
     # ----------------------------------------------------------------------------- inputs
 
@@ -130,7 +159,7 @@ class HfPvtImageProcessor(PilBackend):
         result = []
         for image in flat:
             if isinstance(image, str):
-                image = self.fetch_images(image)  # a local path or URL
+                image = _open_image_source(image)  # a local path, URL or base64 string
             if not is_valid_image(image):
                 raise TypeError(
                     f"Unsupported image type {type(image).__name__}: pass a PIL image, a numpy array, a torch "
@@ -153,18 +182,30 @@ class HfPvtImageProcessor(PilBackend):
         **kwargs: Any,
     ) -> np.ndarray:
         """One raw image -> channels-first numpy array (uint8, or float32 in [0, 1])."""
+        where = ""
+        if is_pil_image(image):
+            where = f" (a PIL image in mode {image.mode!r})"
+            image = _high_bit_depth_pil_to_numpy(image)
         if is_torch_tensor(image):
             image = _tensor_to_numpy(image)
         if isinstance(image, np.ndarray):
-            image = _check_pixel_array(image, input_data_format)
+            image = _check_pixel_array(image, input_data_format, where)
             if image.ndim == 2:  # grayscale; the base RGB conversion only understands 3-D arrays
                 image, input_data_format = image[None], ChannelDimension.FIRST
-        return super().process_image(image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format)
+        image = super().process_image(image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format)
+        if 0 in image.shape[-2:]:
+            raise ValueError(
+                f"Got an image of size {tuple(image.shape[-2:])} (height, width): images need at least one pixel "
+                "in each dimension."
+            )
+        return image
 
     def _prepare_segmentation_map(self, seg_map: ImageInput) -> np.ndarray:
         """One class-id map -> (1, H, W) array, uint8 when it fits (PIL's fast 8-bit path)."""
         if is_torch_tensor(seg_map):
             seg_map = _tensor_to_numpy(seg_map)
+        if is_pil_image(seg_map) and seg_map.mode in _PIL_16_BIT_MODES:
+            seg_map = np.asarray(seg_map).astype(np.int64)  # big-endian I;16B arrives as ">u2"
         seg_map = np.asarray(seg_map)
         if seg_map.ndim == 3 and 1 in (seg_map.shape[0], seg_map.shape[-1]):
             seg_map = seg_map.reshape(seg_map.shape[1:] if seg_map.shape[0] == 1 else seg_map.shape[:-1])
@@ -173,10 +214,12 @@ class HfPvtImageProcessor(PilBackend):
                 f"A segmentation map must be a 2-D (height, width) array of class ids, got shape {seg_map.shape}. "
                 "Map colour-coded masks to class ids first."
             )
-        if seg_map.dtype.kind not in "uif" or (seg_map.dtype.kind == "f" and not np.all(seg_map == np.round(seg_map))):
+        if seg_map.dtype.kind not in "uif" or (
+            seg_map.dtype.kind == "f" and not (np.isfinite(seg_map).all() and np.all(seg_map == np.round(seg_map)))
+        ):
             raise ValueError(f"A segmentation map must hold integer class ids, got dtype {seg_map.dtype}.")
         seg_map = seg_map.astype(np.int64)
-        if seg_map.min() >= 0 and seg_map.max() <= 255:
+        if seg_map.size and seg_map.min() >= 0 and seg_map.max() <= 255:
             seg_map = seg_map.astype(np.uint8)
         return seg_map[None]
 
@@ -294,8 +337,7 @@ class HfPvtImageProcessor(PilBackend):
 
     def center_crop(self, image: np.ndarray, size: SizeDict, fill: int = 0, **kwargs: Any) -> np.ndarray:
         """torchvision's `CenterCrop`: top = int(round((H - h) / 2)), zero-padding an image smaller than the crop."""
-        if size.height is None or size.width is None:
-            raise ValueError(f'crop_size must be {{"height": h, "width": w}}, got {dict(size)}.')
+        _check_height_width(size, "crop_size")
         crop_height, crop_width = size.height, size.width
         pad_height, pad_width = max(crop_height - image.shape[-2], 0), max(crop_width - image.shape[-1], 0)
         if pad_height or pad_width:
@@ -312,39 +354,155 @@ class HfPvtImageProcessor(PilBackend):
 
     @staticmethod
     def reduce_label(seg_map: np.ndarray) -> np.ndarray:
-        """ADE20K: 0 ("other") -> 255 (ignored), k -> k - 1; 255 stays 255. Returns a new array."""
+        """ADE20K: 0 ("other") -> 255 (ignored), k -> k - 1; 255 stays 255. Returns a new array.
+
+        Ids above 255 raise a ValueError: 256 would become 255 and silently join the ignored pixels.
+        """
         seg_map = np.asarray(seg_map)
+        if seg_map.size and seg_map.max() > IGNORE_INDEX:
+            raise ValueError(
+                f"do_reduce_labels maps class id k to k - 1 and keeps {IGNORE_INDEX} as the ignore index, so it only "
+                f"supports ids up to {IGNORE_INDEX}; this map holds ids up to {seg_map.max()} (id 256 would become "
+                f"{IGNORE_INDEX} and be ignored). Shift the ids yourself and set do_reduce_labels=False."
+            )
         reduced = np.where((seg_map == 0) | (seg_map == IGNORE_INDEX), IGNORE_INDEX, seg_map.astype(np.int64) - 1)
         return reduced.astype(seg_map.dtype)
 
     # ----------------------------------------------------------------------------- outputs
 
     def post_process_semantic_segmentation(
-        self, outputs: Any, target_sizes: list[tuple[int, int]] | Any | None = None
-    ) -> list["torch.Tensor"]:
+        self,
+        outputs: Any,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_segmentation_scores: bool = False,
+    ) -> list:
         """Logits (B, num_labels, h, w) -> one (H, W) LongTensor of class ids per image.
 
-        Each map is bilinearly upsampled (align_corners=False) to its `target_sizes` entry, e.g. the
-        original (height, width), before the argmax; without `target_sizes` the logits' own size is
-        kept. Upsampling to the original size is only meaningful when preprocessing kept the whole
-        image (`do_center_crop=False`).
+        The same call as Transformers' Segformer/BEiT/DPT processors. `outputs` is the model output (a
+        `ModelOutput`, a dict with `"logits"`, or the `return_dict=False` tuple, with or without a leading
+        loss). Each map is bilinearly upsampled (align_corners=False) to its `target_sizes` entry (a list of
+        (height, width) pairs or a (B, 2) tensor, e.g. the original sizes) before the argmax; without
+        `target_sizes` the logits' own size is kept. Upsampling to the original size is only meaningful when
+        preprocessing kept the whole image (`do_center_crop=False`).
+
+        With `return_segmentation_scores=True` each item is a `SemanticSegmentationPostProcessorOutput` with
+        `segmentation` (H, W) and `segmentation_scores` (num_labels, H, W): the (upsampled) logits.
         """
         import torch.nn.functional as F
 
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
+        logits = _semantic_logits(outputs)
+        sizes = _check_target_sizes(target_sizes, len(logits), "logits")
+        results = []
+        for index, logit in enumerate(logits):
+            scores = logit
+            if sizes is not None:
+                upsampled = F.interpolate(logit[None].float(), size=sizes[index], mode="bilinear", align_corners=False)
+                scores = upsampled[0]
+            segmentation = scores.argmax(dim=0)
+            if return_segmentation_scores:
+                results.append(
+                    _segmentation_output(
+                        data={"segmentation": segmentation, "segmentation_scores": scores.to(logit.dtype)}
+                    )
+                )
+            else:
+                results.append(segmentation)
+        return results
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _segmentation_output(data: dict) -> BatchFeature:
+    # Transformers >= 5.x returns this BatchFeature subclass; older 5.x releases lack it, and a plain
+    # BatchFeature offers the same item and attribute access.
+    try:
+        from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+    except ImportError:
+        return BatchFeature(data=data)
+    return SemanticSegmentationPostProcessorOutput(data=data)
+
+
+def _semantic_logits(outputs: Any) -> "torch.Tensor":
+    """The segmentation logits of a model output, a dict, or a `return_dict=False` tuple."""
+    if isinstance(outputs, dict):  # ModelOutput is a dict too
+        logits = outputs.get("logits")
+    elif isinstance(outputs, (tuple, list)):
+        items = list(outputs)
+        if items and is_torch_tensor(items[0]) and items[0].ndim == 0:
+            items = items[1:]  # (loss, logits, ...) when the model was given labels
+        logits = items[0] if items else None
+    elif is_torch_tensor(outputs):
+        logits = outputs
+    else:
+        logits = getattr(outputs, "logits", None)
+    if not is_torch_tensor(logits) or logits.ndim != 4:
+        found = f"shape {tuple(logits.shape)}" if is_torch_tensor(logits) else type(logits).__name__
+        raise TypeError(
+            f"outputs must be a segmentation model's output with logits of shape (batch, num_labels, height, "
+            f"width) (a ModelOutput, a dict with 'logits', or the return_dict=False tuple); got logits {found}."
+        )
+    return logits
+
+
+def _check_target_sizes(target_sizes: Any, batch_size: int, what: str) -> list[tuple[int, int]] | None:
+    """`target_sizes` as a list of (height, width) int pairs, one per image; None stays None."""
+    if target_sizes is None:
+        return None
+    if hasattr(target_sizes, "tolist"):  # a (B, 2) tensor or array
+        target_sizes = target_sizes.tolist()
+    if len(target_sizes) != batch_size:
+        raise ValueError(
+            f"Got {len(target_sizes)} target sizes for a batch of {batch_size} {what}: pass one (height, width) "
+            "per image."
+        )
+    sizes = []
+    for size in target_sizes:
+        size = size.tolist() if hasattr(size, "tolist") else size
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_positive_whole(s) for s in size)):
             raise ValueError(
-                f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits: pass one (height, width) "
-                "per image."
+                f"Each entry of target_sizes must be a (height, width) pair of positive integers, got {size!r}."
             )
-        maps = []
-        for logit, target_size in zip(logits, target_sizes):
-            target_size = tuple(int(s) for s in target_size)
-            upsampled = F.interpolate(logit[None].float(), size=target_size, mode="bilinear", align_corners=False)
-            maps.append(upsampled[0].argmax(dim=0))
-        return maps
+        sizes.append((int(size[0]), int(size[1])))
+    return sizes
+
+
+def _open_image_source(source: str) -> PIL.Image.Image:
+    """A path, http(s) URL or base64 string -> PIL image in its stored mode, upright per its EXIF tag.
+
+    Transformers' `load_image` converts to RGB, which saturates 16-bit images and turns class-id maps
+    (mode P / L / I) into colours; here the mode is kept and decided on later.
+    """
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source) as response:  # follows redirects, raises on HTTP errors
+            image = PIL.Image.open(BytesIO(response.read()))
+    elif os.path.isfile(source):
+        image = PIL.Image.open(source)
+    else:
+        try:
+            encoded = source.split(",", 1)[1] if source.startswith("data:image/") else source
+            image = PIL.Image.open(BytesIO(base64.b64decode(encoded, validate=True)))
+        except (binascii.Error, ValueError, IndexError, OSError):
+            raise ValueError(
+                f"Image source {source[:100]!r} is not an existing file, an http(s) URL or a base64-encoded image."
+            ) from None
+    image.load()
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def _high_bit_depth_pil_to_numpy(image: PIL.Image.Image) -> np.ndarray | PIL.Image.Image:
+    """16-bit PIL images -> float pixels in [0, 1]; mode F -> its float pixels (range-checked later)."""
+    if image.mode in _PIL_16_BIT_MODES:
+        return np.asarray(image).astype(np.float32) / 65535.0
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if image.mode in ("I", "I;32", "I;32L", "I;32B"):
+        raise ValueError(
+            f"PIL mode {image.mode!r} images hold 32-bit integers with no defined pixel range, so they cannot be "
+            "scaled to [0, 1] safely (converting them to RGB would saturate every value above 255). Pass "
+            "`np.asarray(image) / max_value` as a float array in [0, 1], or an 8-bit image."
+        )
+    return image  # CMYK, YCbCr, HSV...: PIL converts these to RGB itself
 
 
 def _tensor_to_numpy(tensor: "torch.Tensor") -> np.ndarray:
@@ -353,16 +511,44 @@ def _tensor_to_numpy(tensor: "torch.Tensor") -> np.ndarray:
     return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
 
 
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _is_positive_whole(value: Any) -> bool:
+    # target sizes may come from a float tensor: 480.0 is a size, 480.5 is not
+    if isinstance(value, (float, np.floating)):
+        return value > 0 and float(value).is_integer()
+    return _is_positive_int(value)
+
+
 def _check_size(size: SizeDict | dict | None) -> None:
-    keys = set(dict(size)) if size is not None else set()
-    if keys not in ({"shortest_edge"}, {"height", "width"}):
+    size = dict(size) if size is not None else {}
+    if set(size) not in ({"shortest_edge"}, {"height", "width"}):
+        raise ValueError(f'size must be {{"shortest_edge": n}} or {{"height": h, "width": w}}, got {size}.')
+    if not all(_is_positive_int(v) for v in size.values()):
         raise ValueError(
-            f'size must be {{"shortest_edge": n}} or {{"height": h, "width": w}}, got {dict(size or {})}.'
+            f'size must hold positive integers, got {size}: e.g. size={{"shortest_edge": 256}} or '
+            'size={"height": 512, "width": 512}.'
         )
 
 
-def _check_pixel_array(image: np.ndarray, input_data_format: str | ChannelDimension | None) -> np.ndarray:
-    """Validate a numpy image and bring it to uint8 or float32; errors say what to change."""
+def _check_height_width(size: SizeDict | dict | None, name: str) -> None:
+    size = dict(size) if size is not None else {}
+    if set(size) != {"height", "width"} or not all(_is_positive_int(v) for v in size.values()):
+        raise ValueError(
+            f'{name} must be {{"height": h, "width": w}} with positive integers (or one positive int for a square), '
+            f"got {size}."
+        )
+
+
+def _check_pixel_array(
+    image: np.ndarray, input_data_format: str | ChannelDimension | None, where: str = ""
+) -> np.ndarray:
+    """Validate a numpy image and bring it to uint8 or float32; errors say what to change.
+
+    `where` names the input's origin in the messages, e.g. " (a PIL image in mode 'F')".
+    """
     if image.ndim == 3:
         if input_data_format is not None:
             channels = image.shape[0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1]
@@ -383,14 +569,20 @@ def _check_pixel_array(image: np.ndarray, input_data_format: str | ChannelDimens
         if image.size and (image.min() < 0 or image.max() > 255):
             raise ValueError(
                 f"Integer pixel values must lie in [0, 255], got [{image.min()}, {image.max()}]. Convert the image "
-                "to 8 bits first."
+                "to 8 bits first, or pass 16-bit pixels as floats in [0, 1] (pixels / 65535)."
             )
         return image.astype(np.uint8, copy=False)
     if image.dtype.kind == "f":
+        if image.size and not np.isfinite(image).all():
+            raise ValueError(
+                f"Float pixel values must be finite, got NaN or infinity{where}. Replace them (e.g. with "
+                "np.nan_to_num) before preprocessing."
+            )
         if image.size and (image.min() < 0 or image.max() > 1):
             raise ValueError(
-                f"Float pixel values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]. Pass uint8 "
-                "pixels, or divide by 255 (float inputs must not be normalized already)."
+                f"Float pixel values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]{where}. Pass "
+                "uint8 pixels or floats scaled to [0, 1] (divide by 255 for 8-bit values); float inputs must not be "
+                "normalized already."
             )
         return image.astype(np.float32, copy=False)
     raise ValueError(f"Unsupported pixel dtype {image.dtype}: pass uint8 pixels or floats in [0, 1].")

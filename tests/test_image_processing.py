@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import SegformerConfig, SegformerForSemanticSegmentation, pipeline
+from transformers import (
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    SegformerImageProcessorPil,
+    pipeline,
+)
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import hf_pvt.image_processing_hf_pvt as image_processing_module
 from hf_pvt.image_processing_hf_pvt import HfPvtImageProcessor
@@ -193,6 +199,54 @@ def test_image_path_input(processor, coco):
     np.testing.assert_array_equal(pixels(processor, str(COCO)), pixels(processor, coco))
 
 
+def gray_16_bit(coco: Image.Image) -> np.ndarray:
+    """The photo's 8-bit grey levels v as 16-bit values 257 * v, so that v / 255 == (257 * v) / 65535 exactly."""
+    return np.asarray(coco.convert("L")).astype(np.uint16) * 257
+
+
+def test_16_bit_pil_images_are_scaled_not_saturated(processor, coco, tmp_path):
+    # PIL's convert("RGB") clips 16-bit values at 255: nearly every pixel would come out white.
+    gray = np.asarray(coco.convert("L"))
+    expected = pixels(processor, gray.astype(np.float32) / 255.0)
+    pixels16 = gray_16_bit(coco)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(pixels16).save(path)
+    assert Image.open(path).mode == "I;16"
+    big_endian = Image.fromarray(pixels16.astype(">u2"))
+    assert big_endian.mode == "I;16B"
+    for image in (Image.fromarray(pixels16), big_endian, str(path)):
+        np.testing.assert_allclose(pixels(processor, image), expected, rtol=0, atol=1e-5)
+    # ... and agrees with the 8-bit image to within float-vs-8-bit resizing.
+    diff = np.abs(pixels(processor, Image.fromarray(pixels16)) - pixels(processor, coco.convert("L")))
+    assert diff.max() < FLOAT_VS_UINT8_MAX and diff.mean() < FLOAT_VS_UINT8_MEAN
+
+
+def test_float_pil_images_are_float_pixels(processor, coco):
+    unit = np.asarray(coco.convert("L")).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(pixels(processor, Image.fromarray(unit, mode="F")), pixels(processor, unit))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got \[0, \d+\] \(a PIL image in mode 'F'\)"):
+        processor(Image.fromarray(unit * 255, mode="F"))
+    with pytest.raises(ValueError, match=r"finite.*mode 'F'"):
+        processor(Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F"))
+
+
+def test_32_bit_integer_pil_images_are_rejected(processor, coco):
+    image = Image.fromarray(gray_16_bit(coco).astype(np.int32))
+    assert image.mode == "I"
+    with pytest.raises(ValueError, match=r"mode 'I' .* no defined pixel range.*np.asarray\(image\) / max_value"):
+        processor(image)
+
+
+def test_image_sources_keep_their_mode_until_processed(processor, coco, tmp_path):
+    # Paths are opened in their stored mode: an RGBA file is composited on white like the PIL image.
+    rgba = coco.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(coco.size))
+    rgba.save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(pixels(processor, str(tmp_path / "rgba.png")), pixels(processor, rgba))
+    with pytest.raises(ValueError, match="not an existing file, an http\\(s\\) URL or a base64"):
+        processor(str(tmp_path / "missing.png"))
+
+
 def test_dense_prediction_preset(coco):
     processor = HfPvtImageProcessor.for_dense_prediction(512, 640)
     assert not processor.do_center_crop and dict(processor.size) == {"height": 512, "width": 640}
@@ -263,6 +317,47 @@ def test_segmentation_map_types_and_large_ids(processor):
     assert tiny["labels"].shape == (1, 224, 224) and tiny["labels"][0, 0, 0] == 255
 
 
+def test_reduce_labels_rejects_ids_that_would_become_the_ignore_index():
+    image = np.zeros((2, 4, 3), np.uint8)
+    seg_map = np.array([[0, 1, 255, 256]] * 2)
+    processor = HfPvtImageProcessor(do_resize=False, do_center_crop=False, do_reduce_labels=True)
+    with pytest.raises(ValueError, match="do_reduce_labels .* ids up to 255; this map holds ids up to 256"):
+        processor(image, segmentation_maps=seg_map)
+    with pytest.raises(ValueError, match="set do_reduce_labels=False"):
+        HfPvtImageProcessor.reduce_label(seg_map)
+    # Without the reduction every id survives, 256 included (no collision with the ignore index).
+    labels = processor(image, segmentation_maps=seg_map, do_reduce_labels=False, return_tensors="pt")["labels"]
+    assert labels[0, 0].tolist() == [0, 1, 255, 256]
+
+
+def test_segmentation_maps_from_files_are_class_ids(tmp_path):
+    # Files are read as class-id maps in their stored mode (L, P, I;16), not converted to RGB.
+    processor = HfPvtImageProcessor.for_dense_prediction(32, 48)
+    image = Image.open(ADE20K[0])
+    label = load_label(1)
+    expected = processor(image, segmentation_maps=label, return_tensors="pt")["labels"]
+    path = FIXTURES / "ade20k_val_00000001_label.png"
+    assert torch.equal(processor(image, segmentation_maps=str(path), return_tensors="pt")["labels"], expected)
+
+    palette = Image.fromarray(label).convert("P")  # a palette PNG, as VOC-style datasets store masks
+    palette.save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    np.testing.assert_array_equal(np.asarray(palette), label)
+    from_palette = processor(image, segmentation_maps=str(tmp_path / "palette.png"), return_tensors="pt")["labels"]
+    assert torch.equal(from_palette, expected)
+
+    wide = label.astype(np.uint16) * 7 + 300  # ids beyond 8 bits, stored as a 16-bit PNG
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    from_file = processor(image, segmentation_maps=str(tmp_path / "wide.png"), return_tensors="pt")["labels"]
+    from_array = processor(image, segmentation_maps=wide.astype(np.int64), return_tensors="pt")["labels"]
+    assert torch.equal(from_file, from_array)
+    assert from_file.min() >= 300
+
+    Image.fromarray(np.asarray(image)).save(tmp_path / "colour.png")  # a colour-coded mask is still refused
+    with pytest.raises(ValueError, match="2-D \\(height, width\\) array of class ids"):
+        processor(image, segmentation_maps=str(tmp_path / "colour.png"))
+
+
 def test_batched_segmentation_maps(processor):
     images = [Image.open(p) for p in ADE20K]
     labels = [load_label(i) for i in (1, 2, 3)]
@@ -296,6 +391,66 @@ def test_post_process_semantic_segmentation(processor):
     assert all(torch.equal(a, b) for a, b in zip(maps, from_tensor))
     native = processor.post_process_semantic_segmentation({"logits": logits})
     assert len(native) == 2 and native[0].shape == (16, 16) and torch.equal(native[0], logits[0].argmax(0))
+
+
+def test_post_process_semantic_segmentation_accepts_tuples(processor):
+    # return_dict=False gives (logits, ...) or, with labels, (loss, logits, ...).
+    logits = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    expected = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits), [(16, 12)] * 2)
+    for outputs in ((logits,), (logits, (torch.zeros(1),)), (torch.tensor(0.7), logits), [logits], logits):
+        maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(16, 12)] * 2)
+        assert all(torch.equal(a, b) for a, b in zip(maps, expected))
+    for outputs in ({"loss": torch.tensor(1.0)}, (torch.tensor(1.0),), "logits", torch.zeros(2, 4, 8)):
+        with pytest.raises(TypeError, match="logits of shape \\(batch, num_labels, height, width\\)"):
+            processor.post_process_semantic_segmentation(outputs)
+
+
+@pytest.mark.parametrize(
+    "target_sizes",
+    [None, [(5, 7), (9, 3)], torch.tensor([[5, 7], [9, 3]]), np.array([[5, 7], [9, 3]]), [torch.Size([5, 7])] * 2],
+    ids=["none", "list", "tensor", "array", "torch-size"],
+)
+@pytest.mark.parametrize("return_segmentation_scores", [False, True])
+def test_post_process_semantic_segmentation_matches_segformer(processor, target_sizes, return_segmentation_scores):
+    # Code written for Transformers' segmentation processors runs unchanged and gets the same answers.
+    outputs = SemanticSegmenterOutput(logits=torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(2)))
+    kwargs = {"target_sizes": target_sizes, "return_segmentation_scores": return_segmentation_scores}
+    ours = processor.post_process_semantic_segmentation(outputs, **kwargs)
+    # (Segformer's own processor fails on a tensor or an array of target sizes in interpolate: give it lists.)
+    listed = None if target_sizes is None else [tuple(int(v) for v in size) for size in target_sizes]
+    theirs = SegformerImageProcessorPil().post_process_semantic_segmentation(
+        outputs, target_sizes=listed, return_segmentation_scores=return_segmentation_scores
+    )
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs):
+        if return_segmentation_scores:
+            assert type(a) is type(b) and set(a.keys()) == {"segmentation", "segmentation_scores"}
+            assert torch.equal(a.segmentation, b.segmentation) and a.segmentation.dtype == torch.int64
+            torch.testing.assert_close(a.segmentation_scores, b.segmentation_scores, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(a, b) and a.dtype == torch.int64
+
+
+def test_post_process_semantic_segmentation_transformers_common_test_patterns(processor):
+    # The calls of Transformers' PostProcessSemanticSegmentationTestMixin (tests/test_image_processing_common.py).
+    batch_size, num_labels, height, width = 7, 3, 18, 18
+    inputs = {"outputs": SemanticSegmenterOutput(logits=torch.randn(batch_size, num_labels, height, width))}
+    segmentation = processor.post_process_semantic_segmentation(**inputs)
+    assert len(segmentation) == batch_size and segmentation[0].shape == (height, width)
+    scored = processor.post_process_semantic_segmentation(**inputs, return_segmentation_scores=True)
+    assert len(scored) == batch_size and torch.equal(scored[0].segmentation, segmentation[0])
+    assert scored[0].segmentation_scores.shape == (num_labels, height, width)
+
+    target_sizes = [(1, 4) for _ in range(batch_size)]
+    resized = processor.post_process_semantic_segmentation(**inputs, target_sizes=target_sizes)
+    assert resized[0].shape == target_sizes[0]
+    scored = processor.post_process_semantic_segmentation(
+        **inputs, target_sizes=target_sizes, return_segmentation_scores=True
+    )
+    assert torch.equal(scored[0].segmentation, resized[0])
+    assert scored[0].segmentation_scores.shape == (num_labels,) + target_sizes[0]
+    with pytest.raises(ValueError):
+        processor.post_process_semantic_segmentation(**inputs, target_sizes=target_sizes + [(1, 4)])
 
 
 def test_image_segmentation_pipeline(coco):
@@ -338,12 +493,15 @@ def test_save_and_load_round_trip(tmp_path, coco):
 
 
 def test_file_is_self_contained_for_remote_code(tmp_path, coco):
+    # The standard library and Transformers' own dependencies; nothing of hf_pvt.
+    allowed = {"transformers", "huggingface_hub", "numpy", "PIL", "torch", "typing", "io", "os", "urllib", "base64"}
+    allowed.add("binascii")
     source = Path(image_processing_module.__file__).read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and node.module.split(".")[0] in {"transformers", "numpy", "PIL", "torch", "typing"}
+            assert node.level == 0 and node.module.split(".")[0] in allowed
         elif isinstance(node, ast.Import):
-            assert all(alias.name.split(".")[0] in {"numpy", "PIL", "torch"} for alias in node.names)
+            assert all(alias.name.split(".")[0] in allowed for alias in node.names)
 
     # A Hub-style folder holding the file alone: import it the way trust_remote_code does. (Auto
     # classes would pick the registered local class here, since importing hf_pvt registers it.)
@@ -377,6 +535,13 @@ def test_file_is_self_contained_for_remote_code(tmp_path, coco):
         (np.full((32, 32, 3), -1.0, np.float32), ValueError, "must not be normalized already"),
         (np.full((32, 32, 3), 300, np.int32), ValueError, r"Integer pixel values must lie in \[0, 255\]"),
         (np.zeros((32, 32, 3), bool), ValueError, "Unsupported pixel dtype bool"),
+        (np.full((32, 32, 3), np.nan, np.float32), ValueError, "must be finite, got NaN or infinity"),
+        (torch.full((3, 32, 32), float("inf")), ValueError, "must be finite, got NaN or infinity"),
+        (np.where(np.eye(32)[..., None] > 0, np.nan, 0.5).repeat(3, -1), ValueError, "must be finite"),
+        (np.zeros((0, 32, 3), np.uint8), ValueError, r"size \(0, 32\) \(height, width\).*at least one pixel"),
+        (np.zeros((32, 0), np.float32), ValueError, r"size \(32, 0\) \(height, width\)"),
+        (Image.new("RGB", (0, 7)), ValueError, r"size \(7, 0\) \(height, width\)"),
+        (np.full((32, 32), 1000, np.uint16), ValueError, r"pixels / 65535"),
     ],
 )
 def test_bad_images_raise_clear_errors(processor, images, error, message):
@@ -401,3 +566,33 @@ def test_bad_arguments_raise_clear_errors(processor, coco):
         processor(coco, segmentation_maps=np.full((480, 640), 0.5))
     with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
         processor.post_process_semantic_segmentation({"logits": torch.zeros(2, 3, 4, 4)}, target_sizes=[(8, 8)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"size": 0}, r"size must hold positive integers, got \{'shortest_edge': 0\}"),
+        ({"size": -3}, r"size must hold positive integers, got \{'shortest_edge': -3\}"),
+        ({"size": {"height": 0, "width": 64}}, "size must hold positive integers"),
+        ({"crop_size": 0}, r"crop_size must be \{\"height\": h, \"width\": w\} with positive integers"),
+        ({"crop_size": {"height": -1, "width": 8}}, "crop_size must be .* positive integers"),
+    ],
+)
+def test_non_positive_sizes_raise_at_construction_and_call(coco, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HfPvtImageProcessor(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        HfPvtImageProcessor()(coco, **kwargs)
+
+
+def test_mistyped_arguments_raise_type_errors(processor, coco):
+    with pytest.raises(TypeError, match="size"):
+        processor(coco, size={"shortest_edge": 2.5})
+    with pytest.raises(TypeError, match="size"):
+        processor(coco, size={"shortest_edge": True})
+    with pytest.raises(TypeError, match="do_reduce_labels"):
+        processor(coco, do_reduce_labels="yes")
+    with pytest.raises(ValueError, match="target_sizes must be a \\(height, width\\) pair of positive integers"):
+        processor.post_process_semantic_segmentation({"logits": torch.zeros(1, 3, 4, 4)}, target_sizes=[(0, 8)])
+    with pytest.raises(ValueError, match="target_sizes must be a \\(height, width\\) pair"):
+        processor.post_process_semantic_segmentation({"logits": torch.zeros(1, 3, 4, 4)}, target_sizes=[(8.5, 8)])
