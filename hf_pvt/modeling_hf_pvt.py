@@ -856,8 +856,8 @@ class HfPvtForObjectDetection(HfPvtPreTrainedModel):
                     f"labels[{index}]: boxes must be (n, 4) and class_labels (n,), got {tuple(boxes.shape)} and "
                     f"{tuple(classes.shape)}."
                 )
-            if classes.is_floating_point() or (
-                classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.config.num_labels)
+            if classes.numel() and (
+                classes.is_floating_point() or int(classes.min()) < 0 or int(classes.max()) >= self.config.num_labels
             ):
                 raise ValueError(
                     f"labels[{index}]: class_labels must be integer ids in [0, {self.config.num_labels}); map the "
