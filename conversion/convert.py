@@ -7,8 +7,12 @@ Sources: the authors' `.pth` files (legacy or zip torch format, raw or wrapped i
 with or without a `backbone.` prefix), timm's pvt_v2 state dicts, `.safetensors` files, and Transformers'
 `pvt` / `pvt_v2` folders. Checkpoints are read with `torch.load(weights_only=True)` only. The variant is
 read off the tensors; a `--variant` that disagrees with them is an error. Every source tensor must land
-in exactly one model parameter and every parameter must be filled, or nothing is written. The folder
-appears atomically: it is assembled next to the target and renamed into place at the end.
+in exactly one model parameter and every parameter must be filled, or nothing is written. Tensors must be
+finite floating-point numbers. The folder appears atomically: it is assembled next to the target and
+renamed into place at the end; the leftovers of killed runs are removed by the next run.
+
+Every argument is checked before any work. Any failure prints one `error:` line (and exits 1); `--debug`
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
-import tempfile
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import hf_pvt
@@ -36,7 +43,8 @@ from hf_pvt.configuration_hf_pvt import PRESETS, normalize_preset_name
 from .imagenet_labels import IMAGENET_1K_LABELS
 from .layouts import ORIGINAL_TO_HF_PVT, TO_ORIGINAL, detect_layout, merge_key_value, rename_key
 from .model_card import render_card
-from .verify import verify_classifier
+from .output_folder import OutputFolder, OutputFolderError, clean_stale_entries, describe_os_error
+from .verify import VerifyResult, verify_classifier
 
 # The files `trust_remote_code` needs next to the weights (register_for_auto_class copies them on save).
 REMOTE_CODE_FILES = ("configuration_hf_pvt.py", "modeling_hf_pvt.py", "image_processing_hf_pvt.py")
@@ -55,11 +63,32 @@ _COMPARED_FIELDS = (
     "image_size",
     "qkv_bias",
 )
+# A converted configuration states a released model only if all of these equal the preset's.
+_ARCHITECTURE_FIELDS = (
+    *_COMPARED_FIELDS,
+    "num_attention_heads",
+    "strides",
+    "hidden_act",
+    "layer_norm_eps",
+    "embedding_layer_norm_eps",
+)
 _WRAPPER_KEYS = ("model", "state_dict", "module")
+TASKS = ("auto", "classification", "backbone")
+# How a model card names where the weights came from, when they are not known to be the authors' release.
+LAYOUT_DESCRIPTIONS = {
+    "original": "a checkpoint in the authors' layout",
+    "transformers-pvt": "a Transformers `pvt` folder",
+    "transformers-pvt_v2": "a Transformers `pvt_v2` folder",
+    "timm-pvt_v2": "a timm `pvt_v2` state dict",
+}
+_SUPPORTED_SOURCES = (
+    "hf-pvt-convert reads the authors' checkpoints (.pth), timm's pvt_v2 state dicts, .safetensors files and "
+    "Transformers' 'pvt' / 'pvt_v2' folders"
+)
 
 
 class ConversionError(Exception):
-    """A checkpoint that cannot be converted as asked; the message names the problem and the fix."""
+    """A checkpoint or argument that cannot be converted as asked; the message names the problem and the fix."""
 
 
 @dataclass
@@ -71,51 +100,119 @@ class Source:
     layout: str
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] | None = None  # a Transformers folder's config.json
+    name: str = ""  # the file or folder name, for the model card (never the full local path)
 
 
 # --------------------------------------------------------------------------------------------- loading
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _check_not_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path} is empty (0 bytes): the download or copy did not finish. Fetch it again.")
+
+
 def _torch_load(path: Path) -> Any:
+    _check_not_empty(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... by failure mode
         message = str(error)
-        if "weights only load failed" in message.lower() or "unsupported global" in message.lower():
-            first_line = next((line for line in message.splitlines() if "unsupported" in line.lower()), message[:300])
+        # A pickle that names a global (a function or class to call) is refused by the weights-only
+        # unpickler with "Unsupported global"; garbage bytes fail on some other opcode instead.
+        global_line = next((line for line in message.splitlines() if "unsupported global" in line.lower()), None)
+        if global_line is not None:
             raise ConversionError(
                 f"Refused to load {path}: its pickle calls code that weights-only loading does not allow "
-                f"({first_line.strip()}). A checkpoint holds only tensors and plain containers; do not load "
+                f"({global_line.strip()}). A checkpoint holds only tensors and plain containers; do not load "
                 "this file with weights_only=False unless you trust its author."
             ) from error
+        reason = "unreadable pickle data" if "weights only load failed" in message.lower() else _first_line(error)
         raise ConversionError(
-            f"Could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {message.splitlines()[0]}). "
-            "The file is truncated or not a checkpoint: download it again and compare its size."
+            f"Could not read {path} as a PyTorch checkpoint ({reason}). The file is truncated or not a checkpoint: "
+            "download it again and compare its size."
         ) from error
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    _check_not_empty(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as error:
+        raise ConversionError(
+            f"Could not read {path} as a safetensors file ({_first_line(error)}). The file is truncated or not a "
+            "safetensors file: download it again and compare its size."
+        ) from error
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path} is not valid JSON ({_first_line(error)}); the folder is damaged.") from error
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path} holds a JSON {type(value).__name__}, not an object; the folder is damaged.")
+    return value
+
+
+def _shard_files(folder: Path, index_path: Path) -> list[Path]:
+    """The shard files a `model.safetensors.index.json` names, each checked to lie inside `folder`."""
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(f"{index_path} has no 'weight_map' object; the folder is damaged.")
+    root = folder.resolve()
+    shards, missing = [], []
+    for name in sorted(set(weight_map.values()), key=str):
+        # A shard is a file of this folder: an absolute path or `..` could read any file on the machine.
+        resolved = (root / name).resolve() if isinstance(name, str) else None
+        if resolved is None or Path(name).is_absolute() or resolved.parent != root:
+            raise ConversionError(
+                f"{index_path} names the shard {name!r}, which is not a file of {folder}. Refused: an index may "
+                "only name files in its own folder."
+            )
+        (shards if resolved.is_file() else missing).append(resolved)
+    if missing:
+        raise ConversionError(
+            f"{folder} lacks the shards {[p.name for p in missing]} named in {index_path.name}; download them too."
+        )
+    return shards
 
 
 def _read_transformers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise ConversionError(f"{folder} is a folder without config.json; give a Transformers model folder or a file.")
-    config = json.loads(config_path.read_text())
-    if config.get("model_type") not in ("pvt", "pvt_v2"):
         raise ConversionError(
-            f"{folder}/config.json has model_type {config.get('model_type')!r}; only Transformers' 'pvt' and "
-            "'pvt_v2' folders are converted (hf_pvt folders load directly with from_pretrained)."
+            f"{folder} is a folder without config.json; give a Transformers model folder or a checkpoint file."
+        )
+    config = _read_json(config_path)
+    model_type = config.get("model_type")
+    if model_type == HfPvtConfig.model_type:
+        raise ConversionError(
+            f"{folder} is already an hf_pvt folder: load it with from_pretrained (e.g. "
+            "AutoModelForImageClassification), no conversion needed."
+        )
+    if model_type not in ("pvt", "pvt_v2"):
+        raise ConversionError(
+            f"{config_path} has model_type {model_type!r}, which is not a PVT model. {_SUPPORTED_SOURCES}."
         )
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
-        tensors = load_file(folder / "model.safetensors")
-    elif index.is_file():
-        tensors = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            tensors.update(load_file(folder / shard))
-    elif (folder / "pytorch_model.bin").is_file():
-        tensors = _torch_load(folder / "pytorch_model.bin")
-    else:
-        raise ConversionError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
-    return tensors, config
+        return _load_safetensors(folder / "model.safetensors"), config
+    if index.is_file():
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in _shard_files(folder, index):
+            for key, value in _load_safetensors(shard).items():
+                if key in tensors:
+                    raise ConversionError(f"{folder}: the tensor {key!r} appears in more than one shard.")
+                tensors[key] = value
+        return tensors, config
+    if (folder / "pytorch_model.bin").is_file():
+        return _unwrap(_torch_load(folder / "pytorch_model.bin"), folder / "pytorch_model.bin", []), config
+    raise ConversionError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
 
 
 def _unwrap(checkpoint: Any, path: Path, notes: list[str]) -> dict[str, Any]:
@@ -152,6 +249,38 @@ def _strip_prefixes(state_dict: dict[str, Any], notes: list[str]) -> dict[str, A
     return state_dict
 
 
+def _check_entries(state_dict: dict[Any, Any], path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
+    """Refuse anything but string keys and dense floating-point tensors; unify mixed floating dtypes."""
+    bad_keys = [key for key in state_dict if not isinstance(key, str)]
+    if bad_keys:
+        raise ConversionError(f"{path}: keys must be strings, found {bad_keys[:5]}. Give a plain state dict.")
+    not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ConversionError(f"{path}: these entries are not tensors: {not_tensors[:10]}. Give a plain state dict.")
+    not_dense = sorted(key for key, value in state_dict.items() if value.layout != torch.strided)
+    not_float = sorted(
+        f"{key} ({value.dtype})" for key, value in state_dict.items() if not value.dtype.is_floating_point
+    )
+    if not_dense or not_float:
+        raise ConversionError(
+            f"{path}: PVT weights are dense floating-point tensors, but "
+            + "; ".join(
+                part
+                for part in (
+                    f"{len(not_dense)} are sparse ({', '.join(not_dense[:5])})" if not_dense else "",
+                    f"{len(not_float)} are not floating point ({', '.join(not_float[:5])})" if not_float else "",
+                )
+                if part
+            )
+            + ". The file is quantised, corrupted or not a model checkpoint."
+        )
+    dtypes = Counter(value.dtype for value in state_dict.values())
+    if len(dtypes) > 1:
+        notes.append(f"cast tensors of mixed dtypes ({', '.join(map(str, dtypes))}) to torch.float32")
+        state_dict = {key: value.float() for key, value in state_dict.items()}
+    return state_dict
+
+
 def load_source(path: str | Path) -> Source:
     """Load a checkpoint file or Transformers folder and rename it into the authors' layout."""
     path = Path(path)
@@ -162,12 +291,12 @@ def load_source(path: str | Path) -> Source:
     if path.is_dir():
         state_dict, config = _read_transformers_folder(path)
     elif path.suffix == ".safetensors":
-        state_dict = load_file(path)
+        state_dict = _load_safetensors(path)
     else:
         state_dict = _strip_prefixes(_unwrap(_torch_load(path), path, notes), notes)
-    not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
-    if not_tensors:
-        raise ConversionError(f"{path}: these entries are not tensors: {not_tensors[:10]}. Give a plain state dict.")
+    if not state_dict:
+        raise ConversionError(f"{path} holds no tensors.")
+    state_dict = _check_entries(state_dict, path, notes)
 
     keys = list(state_dict)
     layout = detect_layout(keys)
@@ -199,7 +328,7 @@ def load_source(path: str | Path) -> Source:
             raise ConversionError(
                 f"{path}: attention key/value Linears without a matching partner (or of another shape): {unpaired}."
             )
-    return Source(tensors=tensors, origins=origins, layout=layout, notes=notes, config=config)
+    return Source(tensors=tensors, origins=origins, layout=layout, notes=notes, config=config, name=path.name)
 
 
 # ----------------------------------------------------------------------------------- variant detection
@@ -219,6 +348,8 @@ def detect_architecture(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
             "Is this a PVT checkpoint?"
         )
     embeds = [tensors[f"patch_embed{i}.proj.weight"] for i in stages]
+    if any(embed.ndim != 4 for embed in embeds):
+        raise ConversionError("patch_embed*.proj.weight must be 4-D convolution kernels; is this a PVT checkpoint?")
     widths = [int(w.shape[0]) for w in embeds]
     has_pos = any(key.startswith("pos_embed") for key in tensors)
     has_dwconv = any(".mlp.dwconv." in key for key in tensors)
@@ -235,9 +366,9 @@ def detect_architecture(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         blocks = {int(m.group(1)) for key in tensors if (m := re.match(rf"block{i}\.(\d+)\.", key))}
         depths.append(max(blocks) + 1 if blocks else 0)
         fc1 = tensors.get(f"block{i}.0.mlp.fc1.weight")
-        mlp_ratios.append(_as_ratio(int(fc1.shape[0]), width) if fc1 is not None else 4)
+        mlp_ratios.append(_as_ratio(int(fc1.shape[0]), width) if fc1 is not None and fc1.ndim == 2 else 4)
         sr = tensors.get(f"block{i}.0.attn.sr.weight")
-        sr_kernels.append(int(sr.shape[-1]) if sr is not None else None)
+        sr_kernels.append(int(sr.shape[-1]) if sr is not None and sr.ndim == 4 else None)
     # Linear SRA reduces in every stage with a 1x1 convolution; strided SRA leaves the last stage unreduced.
     linear = version == 2 and all(k == 1 for k in sr_kernels)
     architecture: dict[str, Any] = {
@@ -253,7 +384,8 @@ def detect_architecture(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     if not linear:
         architecture["sr_ratios"] = [k or 1 for k in sr_kernels]
     if version == 1:
-        tokens = int(tensors["pos_embed1"].shape[1]) if "pos_embed1" in tensors else 0
+        pos_embed1 = tensors.get("pos_embed1")
+        tokens = int(pos_embed1.shape[1]) if pos_embed1 is not None and pos_embed1.ndim == 3 else 0
         side = math.isqrt(tokens)
         if tokens == 0 or side * side != tokens:
             raise ConversionError(f"pos_embed1 holds {tokens} positions, not a square grid; cannot infer image_size.")
@@ -281,45 +413,97 @@ def match_preset(architecture: dict[str, Any]) -> str | None:
     return next((name for name in PRESETS if not preset_disagreements(architecture, name)), None)
 
 
+def equals_preset(config: HfPvtConfig, variant: str) -> bool:
+    """Whether `config` describes exactly the released `variant`: every architecture field, heads included."""
+    reference = HfPvtConfig.from_preset(variant)
+    return all(getattr(config, name) == getattr(reference, name) for name in _ARCHITECTURE_FIELDS)
+
+
+def has_imagenet_head(config: HfPvtConfig) -> bool:
+    labels = [config.id2label.get(i) for i in range(config.num_labels)]
+    return labels == list(IMAGENET_1K_LABELS)
+
+
 # ------------------------------------------------------------------------------------------ conversion
 
 
 @dataclass
 class Conversion:
+    """A converted model and what may be said about it.
+
+    `variant` names the released model whose architecture the configuration equals exactly (heads included),
+    else None. `authors_weights` says whether the model card may claim the authors' published results: only
+    for that exact architecture, from the authors' own layout (or confirmed by `--verify`), with the
+    published head (ImageNet-1k for a classifier).
+    """
+
     model: HfPvtForImageClassification | HfPvtBackbone
     variant: str | None
     task: str
     layout: str
     notes: list[str]
     num_source_tensors: int
+    source_name: str = ""
+    authors_weights: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def provenance(self) -> str | None:
+        """None when the card may present the weights as the authors'; else where they came from, honestly."""
+        if self.authors_weights:
+            return None
+        return f"`{self.source_name}`, {LAYOUT_DESCRIPTIONS.get(self.layout, self.layout)}"
 
 
 def _labels(num_labels: int, source_config: dict[str, Any] | None) -> dict[int, str]:
     given = (source_config or {}).get("id2label") or {}
-    if len(given) == num_labels and not all(re.fullmatch(r"LABEL_\d+", str(v)) for v in given.values()):
-        return {int(k): str(v) for k, v in given.items()}
+    if (
+        isinstance(given, dict)
+        and len(given) == num_labels
+        and not all(re.fullmatch(r"LABEL_\d+", str(v)) for v in given.values())
+    ):
+        try:
+            return {int(k): str(v) for k, v in given.items()}
+        except ValueError:
+            pass
     if num_labels == len(IMAGENET_1K_LABELS):
         return dict(enumerate(IMAGENET_1K_LABELS))
     return {i: f"LABEL_{i}" for i in range(num_labels)}
 
 
+def _check_num_heads(num_heads: Any, origin: str) -> list[int]:
+    if (
+        not isinstance(num_heads, (list, tuple))
+        or not num_heads
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in num_heads)
+    ):
+        raise ConversionError(f"{origin} must be positive integers, one per stage (e.g. 1,2,5,8); got {num_heads!r}.")
+    return list(num_heads)
+
+
 def build_config(
     source: Source, variant: str | None, num_heads: list[int] | None, task: str
 ) -> tuple[HfPvtConfig, str | None, str]:
-    """The hf_pvt configuration for `source`, its variant name (None if custom) and the task it converts to."""
+    """The hf_pvt configuration for `source`, its variant name (None if custom) and the task it converts to.
+
+    The variant is the released model whose configuration the result equals exactly: a checkpoint with the
+    shapes of pvt-v2-b0 but other head counts is a custom model.
+    """
     architecture = detect_architecture(source.tensors)
-    if variant is not None:
-        variant = normalize_preset_name(variant)
-        if variant not in PRESETS:
+    requested = variant
+    if requested is not None:
+        requested = normalize_preset_name(requested)
+        if requested not in PRESETS:
             raise ConversionError(f"Unknown variant {variant!r}; known: {', '.join(PRESETS)}.")
-        problems = preset_disagreements(architecture, variant)
+        problems = preset_disagreements(architecture, requested)
         if problems:
             raise ConversionError(
-                f"The checkpoint is not {variant}: " + "; ".join(problems) + ". Drop --variant to convert what the "
+                f"The checkpoint is not {requested}: " + "; ".join(problems) + ". Drop --variant to convert what the "
                 "tensors describe, or pick the right variant."
             )
+        shapes_match = requested
     else:
-        variant = match_preset(architecture)
+        shapes_match = match_preset(architecture)
 
     has_head = "head.weight" in source.tensors
     if task == "auto":
@@ -330,18 +514,20 @@ def build_config(
         )
 
     source_config = source.config or {}
-    if num_heads is None:
-        num_heads = source_config.get("num_attention_heads")
-    if num_heads is None:
-        if variant is None and any(w % h for w, h in zip(architecture["hidden_sizes"], DEFAULT_NUM_HEADS)):
-            raise ConversionError(
-                f"Widths {architecture['hidden_sizes']} match no released variant and attention head counts "
-                "cannot be read from the tensors: pass --num-heads, e.g. --num-heads 1,2,5,8."
-            )
-        num_heads = (
-            list(PRESETS[variant].get("num_attention_heads", DEFAULT_NUM_HEADS)) if variant else DEFAULT_NUM_HEADS
+    if num_heads is not None:
+        num_heads = _check_num_heads(num_heads, "--num-heads")
+    elif source_config.get("num_attention_heads") is not None:
+        num_heads = _check_num_heads(source_config["num_attention_heads"], "config.json's num_attention_heads")
+    elif shapes_match is not None:
+        num_heads = list(PRESETS[shapes_match].get("num_attention_heads", DEFAULT_NUM_HEADS))
+    elif any(w % h for w, h in zip(architecture["hidden_sizes"], DEFAULT_NUM_HEADS)):
+        raise ConversionError(
+            f"Widths {architecture['hidden_sizes']} match no released variant and attention head counts "
+            "cannot be read from the tensors: pass --num-heads, e.g. --num-heads 1,2,5,8."
         )
-    kwargs = dict(architecture, num_attention_heads=list(num_heads))
+    else:
+        num_heads = list(DEFAULT_NUM_HEADS)
+    kwargs = dict(architecture, num_attention_heads=num_heads)
     if architecture["pvt_version"] == 1:
         kwargs["strides"] = list(architecture["patch_sizes"])
     if task == "classification":
@@ -350,18 +536,61 @@ def build_config(
     kwargs["architectures"] = ["HfPvtForImageClassification" if task == "classification" else "HfPvtBackbone"]
     try:
         config = HfPvtConfig(**kwargs)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ConversionError(f"The detected architecture is not a valid hf_pvt configuration: {error}") from error
-    return config, variant, task
+
+    if shapes_match is not None and not equals_preset(config, shapes_match):
+        preset_heads = HfPvtConfig.from_preset(shapes_match).num_attention_heads
+        if requested is not None:
+            raise ConversionError(
+                f"--variant {requested} has attention heads {preset_heads}, but the conversion asks for "
+                f"{config.num_attention_heads}. Drop --variant for a custom model, or drop --num-heads."
+            )
+        source.notes.append(
+            f"the tensors have the shapes of {shapes_match}, but with attention heads {config.num_attention_heads} "
+            f"(not {preset_heads}) this is a custom model"
+        )
+        shapes_match = None
+    return config, shapes_match, task
+
+
+def _finite_problems(tensors: dict[str, torch.Tensor], origins: dict[str, list[str]]) -> list[str]:
+    problems = []
+    for key, tensor in tensors.items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            problems.append(f"{'+'.join(origins[key])} ({bad} of {tensor.numel()} values)")
+    return problems
 
 
 def convert(
-    path: str | Path, variant: str | None = None, num_heads: list[int] | None = None, task: str = "auto"
+    path: str | Path,
+    variant: str | None = None,
+    num_heads: list[int] | None = None,
+    task: str = "auto",
+    allow_non_finite: bool = False,
 ) -> Conversion:
-    """Load `path` and return the hf_pvt model holding its weights, accounting for every tensor."""
+    """Load `path` and return the hf_pvt model holding its weights, accounting for every tensor.
+
+    NaN or infinite weights are refused (a corrupted or diverged checkpoint); `allow_non_finite=True` converts
+    them anyway and records a warning.
+    """
+    if task not in TASKS:
+        raise ConversionError(f"task must be one of {', '.join(TASKS)}; got {task!r}.")
     source = load_source(path)
     config, variant, task = build_config(source, variant, num_heads, task)
-    tensors, origins, notes = dict(source.tensors), dict(source.origins), list(source.notes)
+    tensors, origins, notes, warnings = dict(source.tensors), dict(source.origins), list(source.notes), []
+    non_finite = _finite_problems(tensors, origins)
+    if non_finite:
+        listed = ", ".join(non_finite[:10]) + (" ..." if len(non_finite) > 10 else "")
+        if not allow_non_finite:
+            raise ConversionError(
+                f"{path}: {len(non_finite)} tensors hold NaN or infinite values: {listed}. The checkpoint is "
+                "corrupted or its training diverged; nothing was written. Pass --allow-non-finite to convert it "
+                "anyway."
+            )
+        warnings.append(f"converted {len(non_finite)} tensors holding NaN or infinite values: {listed}")
     if task == "backbone":
         # A backbone has no classifier, and v1's has no cls token or final norm (the authors' dense models).
         dropped = sorted(k for k in tensors if k.startswith("head.") or (config.pvt_version == 1 and _v1_cls_only(k)))
@@ -404,7 +633,21 @@ def convert(
         raise ConversionError("\n".join(lines))
     model.load_state_dict(renamed, strict=True, assign=True)
     model.eval()
-    return Conversion(model, variant, task, source.layout, notes, num_source_tensors=len(source.origins))
+    # The card may present the weights as the authors' only for their exact release, read from their own files.
+    authors_weights = (
+        variant is not None and source.layout == "original" and (task != "classification" or has_imagenet_head(config))
+    )
+    return Conversion(
+        model,
+        variant,
+        task,
+        source.layout,
+        notes,
+        num_source_tensors=len(source.origins),
+        source_name=source.name,
+        authors_weights=authors_weights,
+        warnings=warnings,
+    )
 
 
 def _v1_cls_only(key: str) -> bool:
@@ -414,7 +657,19 @@ def _v1_cls_only(key: str) -> bool:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _write_folder(conversion: Conversion, folder: Path, repo_id: str | None) -> None:
+def _write_card(conversion: Conversion, folder: Path, repo_id: str | None) -> None:
+    card = render_card(
+        conversion.variant,
+        conversion.model.config,
+        repo_id=repo_id,
+        provenance=conversion.provenance,
+        num_parameters=sum(p.numel() for p in conversion.model.parameters()),
+    )
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_folder(conversion: Conversion, folder: Path, repo_id: str | None = None) -> None:
+    """Write the Hub files of `conversion` into the existing, empty `folder`."""
     conversion.model.save_pretrained(folder)
     if conversion.task == "classification":
         image_processor = HfPvtImageProcessor()
@@ -425,47 +680,18 @@ def _write_folder(conversion: Conversion, folder: Path, repo_id: str | None) -> 
     for name in REMOTE_CODE_FILES:  # save_pretrained copies them; make sure, whatever the Transformers version
         if not (folder / name).is_file():
             shutil.copy2(package_dir / name, folder / name)
-    (folder / "README.md").write_text(render_card(conversion.variant, conversion.model.config, repo_id=repo_id))
+    _write_card(conversion, folder, repo_id)
     expected = {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES}
     absent = sorted(expected - {p.name for p in folder.iterdir()})
     if absent:
         raise ConversionError(f"The written folder lacks {absent}.")
 
 
-def write_atomically(
-    conversion: Conversion,
-    output_dir: str | Path,
-    overwrite: bool = False,
-    repo_id: str | None = None,
-    verify_image: str | Path | None = None,
-) -> Path:
-    """Write the Hub folder next to `output_dir`, optionally verify it, then rename it into place."""
-    output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not overwrite:
-        raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
-    old = None
-    try:
-        _write_folder(conversion, staging, repo_id)
-        if verify_image is not None:
-            verify_folder(staging, conversion, verify_image)
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.{os.getpid()}.old")
-            os.rename(output_dir, old)
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and not output_dir.exists():
-            os.rename(old, output_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return output_dir
+def verify_folder(folder: Path, conversion: Conversion, image: str | Path, repo_id: str | None = None) -> VerifyResult:
+    """Reload the written folder and compare its logits with the published ones; raise on a mismatch.
 
-
-def verify_folder(folder: Path, conversion: Conversion, image: str | Path) -> None:
-    """Reload the written folder and compare its logits with the published ones; raise on a mismatch."""
+    A match proves the weights are the authors' release whatever layout they came in, so the card is then
+    rewritten to present them as such."""
     if conversion.task != "classification":
         raise ConversionError("--verify needs a classifier; this checkpoint converts to a backbone.")
     model = HfPvtForImageClassification.from_pretrained(folder)
@@ -476,6 +702,10 @@ def verify_folder(folder: Path, conversion: Conversion, image: str | Path) -> No
             f"Verification failed for {conversion.variant}: the converted model does not reproduce the published "
             "logits (see above). Nothing was written."
         )
+    if result.matches and not conversion.authors_weights and has_imagenet_head(conversion.model.config):
+        conversion.authors_weights = True
+        _write_card(conversion, folder, repo_id)
+    return result
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
@@ -489,13 +719,93 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
             folder_path=folder, repo_id=repo_id, repo_type="model", commit_message="Upload hf_pvt conversion"
         )
     except Exception as error:  # offline mode, refused connections, HTTP and auth errors all end here
-        reason = str(error).splitlines()[0] if str(error) else ""
         raise ConversionError(
-            f"Upload to {repo_id} failed ({type(error).__name__}: {reason}). "
+            f"Upload to {repo_id} failed ({_first_line(error)}). "
             f"The converted folder is intact at {folder}; check the network and `hf auth login`, then upload it "
             f"with `hf upload {repo_id} {folder}`."
         ) from error
     return str(getattr(commit, "commit_url", commit))
+
+
+# ------------------------------------------------------------------------------------ argument checks
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, source: str | Path | None = None) -> Path:
+    """The absolute output path, after refusing every destination that would lose data or cannot be written."""
+    output = Path(output_dir).expanduser().resolve()
+    if source is not None:
+        source_path = Path(source).expanduser().resolve()
+        if output == source_path or output in source_path.parents:
+            raise ConversionError(
+                f"The output {output} is the source or contains it: writing there would replace the checkpoint "
+                "being converted. Choose another output folder."
+            )
+    if output.exists():
+        if not overwrite:
+            raise ConversionError(f"{output} already exists; pass --overwrite to replace it.")
+        if not output.is_dir():
+            raise ConversionError(
+                f"{output} is a file, not a folder; --overwrite replaces only a folder. Remove it or choose another "
+                "output path."
+            )
+        contents = {entry.name for entry in output.iterdir()}
+        if contents and "config.json" not in contents:
+            raise ConversionError(
+                f"{output} is not empty and holds no config.json, so it is not a model folder that --overwrite "
+                "may replace. Remove it yourself or choose another output path."
+            )
+    ancestor = output.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConversionError(f"Cannot create {output}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConversionError(f"Cannot create {output}: {ancestor} is not writable. Choose another output folder.")
+    return output
+
+
+def _check_image(path: str) -> None:
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError as error:
+        raise ConversionError(f"--verify {path}: no such file.") from error
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ConversionError(f"--verify {path}: not a readable image ({_first_line(error)}).") from error
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """Check every argument but the output folder before any work, so a typo costs nothing.
+
+    Returns the absolute output path; `check_output_dir` checks it once the leftovers of killed runs (which
+    may include an interrupted --overwrite's previous folder) are dealt with."""
+    source = Path(args.source).expanduser()
+    if not source.exists():
+        raise ConversionError(f"{source} does not exist.")
+    if not (source.is_file() or source.is_dir()):
+        raise ConversionError(f"{source} is neither a file nor a folder.")
+    if not os.access(source, os.R_OK):
+        raise ConversionError(f"{source} is not readable.")
+    if args.variant is not None and normalize_preset_name(args.variant) not in PRESETS:
+        raise ConversionError(f"Unknown --variant {args.variant!r}; known: {', '.join(PRESETS)}.")
+    if args.num_heads is not None:
+        _check_num_heads(args.num_heads, "--num-heads")
+    if args.verify is not None:
+        if args.task not in ("auto", "classification"):
+            raise ConversionError(f"--verify compares classifier logits; it cannot check a --task {args.task} model.")
+        _check_image(args.verify)
+    if args.push_to_hub is not None:
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except ValueError as error:  # HFValidationError
+            raise ConversionError(f"--push-to-hub {args.push_to_hub!r} is not a valid Hub repo id: {error}") from error
+    elif args.private:
+        raise ConversionError("--private applies to the repo --push-to-hub creates; give --push-to-hub REPO_ID too.")
+    return Path(args.output_dir).expanduser().resolve()
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -518,42 +828,99 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-heads", type=_int_list, help="attention heads per stage (default: the variant's)")
     parser.add_argument(
         "--task",
-        choices=("auto", "classification", "backbone"),
+        choices=TASKS,
         default="auto",
         help="classification (needs a head) or backbone (drops head, and v1's cls token and final norm); "
         "auto: classification when the checkpoint has a head",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder (one holding a config.json)"
+    )
     parser.add_argument("--verify", metavar="IMAGE", help="compare with the published logits (COCO two-cats image)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub repo in one commit")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument(
+        "--allow-non-finite", action="store_true", help="convert a checkpoint holding NaN/Inf weights (with a warning)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
+@contextmanager
+def _sigterm_as_interrupt():
+    """Let `kill <pid>` unwind like Ctrl-C, so the staging folder is removed (SIGKILL is handled by the next run)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
     try:
-        if Path(args.output_dir).exists() and not args.overwrite:
-            raise ConversionError(f"{args.output_dir} already exists; pass --overwrite to replace it.")
-        conversion = convert(args.source, variant=args.variant, num_heads=args.num_heads, task=args.task)
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    output = check_arguments(args)
+    for note in clean_stale_entries(output.parent):
+        print(f"note: {note}")
+    check_output_dir(output, args.overwrite, args.source)
+    # Creating the staging folder first finds an unwritable destination before the conversion's work.
+    with OutputFolder(output, overwrite=args.overwrite) as staging:
+        assert staging.path is not None
+        conversion = convert(
+            args.source,
+            variant=args.variant,
+            num_heads=args.num_heads,
+            task=args.task,
+            allow_non_finite=args.allow_non_finite,
+        )
         for note in conversion.notes:
             print(f"note: {note}")
-        folder = write_atomically(
-            conversion, args.output_dir, overwrite=args.overwrite, repo_id=args.push_to_hub, verify_image=args.verify
-        )
-        parameters = sum(p.numel() for p in conversion.model.parameters())
-        print(
-            f"converted {conversion.num_source_tensors} tensors ({conversion.layout} layout, "
-            f"{conversion.variant or 'custom'} {conversion.task}, {parameters:,} parameters) "
-            f"to {folder} in {time.perf_counter() - start:.1f}s"
-        )
-        if args.push_to_hub:
-            print(f"uploaded: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        for warning in conversion.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        write_folder(conversion, staging.path, repo_id=args.push_to_hub)
+        if args.verify is not None:
+            verify_folder(staging.path, conversion, args.verify, repo_id=args.push_to_hub)
+        folder = staging.commit()
+    parameters = sum(p.numel() for p in conversion.model.parameters())
+    print(
+        f"converted {conversion.num_source_tensors} tensors ({conversion.layout} layout, "
+        f"{conversion.variant or 'custom'} {conversion.task}, {parameters:,} parameters) "
+        f"to {folder} in {time.perf_counter() - start:.1f}s"
+    )
+    if not conversion.authors_weights:
+        print(f"note: the model card names the source, {conversion.provenance}, and claims no published results")
+    if args.push_to_hub:
+        print(f"uploaded: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `hf-pvt-convert` command: 0 on success; 1 after one `error:` line on stderr (130 when interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        with _sigterm_as_interrupt():
+            return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        if isinstance(error, (ConversionError, OutputFolderError)):
+            message = str(error)
+        elif isinstance(error, OSError):
+            message = f"{describe_os_error(error)}. Nothing was written."
+        else:  # a failure no check anticipated: still one line, with the way to the details
+            message = f"{_first_line(error)}. Nothing was written; rerun with --debug for the traceback."
+        print(f"error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

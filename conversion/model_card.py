@@ -66,7 +66,25 @@ def display_name(variant: str) -> str:
     return "PVT-" + variant[len("pvt-") :].capitalize()
 
 
-def _metadata(variant: str | None, config: HfPvtConfig, classification: bool) -> dict[str, Any]:
+_AUTHORS_PROVENANCE = (
+    "This folder was converted from the [authors' checkpoint](https://github.com/whai362/PVT) by hf_pvt's\n"
+    "converter (`hf-pvt-convert`): the weights are the authors' own, renamed key for key into hf_pvt's layout\n"
+    "and stored as safetensors."
+)
+
+
+def _provenance_paragraph(claims: bool, provenance: str | None) -> str:
+    if claims:
+        return _AUTHORS_PROVENANCE
+    provenance = provenance or "a checkpoint"
+    return (
+        f"The weights were converted from {provenance} by hf_pvt's converter (`hf-pvt-convert`), renamed key for\n"
+        "key into hf_pvt's layout and stored as safetensors. Nothing shows that they are the authors' released\n"
+        "weights, so this card reports no results: evaluate the model before relying on it."
+    )
+
+
+def _metadata(variant: str | None, config: HfPvtConfig, classification: bool, claims: bool = True) -> dict[str, Any]:
     version_tag = "pvt-v2" if config.pvt_version == 2 else "pvt-v1"
     tags = ["vision", "image-classification" if classification else "image-feature-extraction", "pvt", version_tag]
     tags += ["hf_pvt", "pyramid-vision-transformer", "backbone"]
@@ -75,9 +93,10 @@ def _metadata(variant: str | None, config: HfPvtConfig, classification: bool) ->
         "library_name": "transformers",
         "pipeline_tag": "image-classification" if classification else "image-feature-extraction",
         "tags": tags,
-        "datasets": ["imagenet-1k"],
     }
-    if variant in RESULTS and classification:
+    if claims:
+        metadata["datasets"] = ["imagenet-1k"]
+    if claims and variant in RESULTS and classification:
         paper_name, paper_url = _PVTV2_PAPER if config.pvt_version == 2 else _PVT_PAPER
         metadata["model-index"] = [
             {
@@ -114,11 +133,28 @@ def _dense_section(variant: str | None, config: HfPvtConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_card(variant: str | None, config: HfPvtConfig, repo_id: str | None = None) -> str:
-    """The README.md of a converted folder: Hub metadata, model facts, results, usage, citation."""
+def render_card(
+    variant: str | None,
+    config: HfPvtConfig,
+    repo_id: str | None = None,
+    provenance: str | None = None,
+    num_parameters: int | None = None,
+) -> str:
+    """The README.md of a converted folder: Hub metadata, model facts, results, usage, citation.
+
+    `variant` is the released model whose architecture `config` equals exactly (None for a custom one).
+    `provenance` None means the weights are the authors' release of `variant`, and the card states its
+    published results; otherwise it names where the weights came from, and the card claims no results.
+    """
     architectures = config.architectures or ["HfPvtForImageClassification"]
     classification = architectures[0] == "HfPvtForImageClassification"
-    name = display_name(variant) if variant else "PVT (custom configuration)"
+    claims = provenance is None and variant is not None
+    if variant is None:
+        name = "PVT (custom configuration)"
+    elif claims:
+        name = display_name(variant)
+    else:
+        name = f"PVT with the {display_name(variant)} architecture"
     repo_id = repo_id or REPO_PLACEHOLDER.format(variant=variant or "pvt-custom")
     kind = "PVTv2" if config.pvt_version == 2 else "PVT"
     attention = (
@@ -126,21 +162,31 @@ def render_card(variant: str | None, config: HfPvtConfig, repo_id: str | None = 
         if config.linear_attention
         else ("spatial-reduction attention")
     )
+    if not classification:
+        role = "backbone"
+    elif claims:
+        role = "image classifier trained on ImageNet-1k"
+    else:
+        role = f"image classifier ({config.num_labels} classes)"
     summary = (
         f"{name}: a Pyramid Vision Transformer ({kind}{', linear variant' if config.linear_attention else ''}) "
-        f"{'image classifier trained on ImageNet-1k' if classification else 'backbone'}, with {attention}. "
+        f"{role}, with {attention}. "
         "Four stages produce feature maps at strides 4, 8, 16 and 32, so the same weights serve classification "
         "and dense prediction."
     )
     if variant in RESULTS:
         row = RESULTS[variant]
         params = f"{row['params']}M (paper); {row['gmacs']} GMACs at 224x224"
+    elif num_parameters is not None:
+        params = f"{num_parameters / 1e6:.1f}M"
+    else:
+        params = "see config.json"
+    if claims and variant in RESULTS:
         results_table = (
             f"\n## Results\n\nImageNet-1k validation, 224x224, single crop (authors' numbers): "
             f"**{row['top1']}% top-1**.\n"
         )
     else:
-        params = "see config.json"
         results_table = ""
     if classification:
         usage_tail = "predicted = outputs.logits.argmax(-1).item()\nprint(model.config.id2label[predicted])"
@@ -155,10 +201,11 @@ def render_card(variant: str | None, config: HfPvtConfig, repo_id: str | None = 
         )
     else:
         input_sizes = "Any input size works (PVTv2 has no position embeddings)."
-    metadata = yaml.safe_dump(_metadata(variant, config, classification), sort_keys=False, width=1000).strip()
+    metadata = yaml.safe_dump(_metadata(variant, config, classification, claims), sort_keys=False, width=1000).strip()
     fields = {
         "metadata": metadata,
         "title": name,
+        "provenance": _provenance_paragraph(claims, provenance),
         "summary": summary,
         "architecture": f"{kind}{' (linear SRA)' if config.linear_attention else ''}, `{architectures[0]}`",
         "hidden_sizes": ", ".join(map(str, config.hidden_sizes)),
@@ -170,7 +217,7 @@ def render_card(variant: str | None, config: HfPvtConfig, repo_id: str | None = 
         else (", ".join(map(str, config.sr_ratios))),
         "parameters": params,
         "results_table": results_table,
-        "dense_section": "\n" + _dense_section(variant, config) if variant in RESULTS else "",
+        "dense_section": "\n" + _dense_section(variant, config) if claims and variant in RESULTS else "",
         "auto_class": auto_class,
         "repo_id": repo_id,
         "usage_tail": usage_tail,

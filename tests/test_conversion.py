@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,9 @@ import yaml
 
 import hf_pvt  # noqa: F401  (registers the Auto classes)
 from conversion import convert as convert_module
-from conversion import model_card, verify
+from conversion import model_card, output_folder, verify
 from conversion.convert import ConversionError, convert, detect_architecture, main, match_preset
-from hf_pvt import HfPvtBackbone, HfPvtForImageClassification
+from hf_pvt import HfPvtBackbone, HfPvtConfig, HfPvtForImageClassification
 from tests.reference_pvt import VARIANTS, build_reference, random_init_
 
 REPO = Path(__file__).resolve().parent.parent
@@ -379,3 +380,334 @@ def test_model_cards_are_up_to_date_and_their_metadata_parses():
         top1 = front_matter["model-index"][0]["results"][0]["metrics"][0]["value"]
         assert top1 == model_card.RESULTS[name[: -len(".md")]]["top1"]
         assert "trust_remote_code=True" in card and "import hf_pvt" in card and "box AP" in card
+
+
+# --------------------------------------------------------------------- honest cards (issue 12, item 5)
+
+
+def _card(folder: Path) -> str:
+    return (folder / "README.md").read_text()
+
+
+def _front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def _transformers_b0_folder(folder: Path) -> Path:
+    from transformers import PvtV2Config, PvtV2ForImageClassification
+
+    preset = HfPvtConfig.from_preset("pvt-v2-b0")
+    sizes = {k: getattr(preset, k) for k in ("hidden_sizes", "num_attention_heads", "depths", "mlp_ratios")}
+    theirs = PvtV2ForImageClassification(PvtV2Config(num_labels=1000, sr_ratios=preset.sr_ratios, **sizes))
+    _randomise(theirs, seed=4)
+    theirs.save_pretrained(folder)
+    return folder
+
+
+def test_card_states_published_results_only_for_the_authors_exact_release(tmp_path, capsys, monkeypatch):
+    reference = random_init_(build_reference("pvt_v2_b0"), 3)
+    torch.save(reference.state_dict(), tmp_path / "b0.pth")
+    assert run(tmp_path / "b0.pth", tmp_path / "authors") == 0
+    card = _card(tmp_path / "authors")
+    assert "70.5% top-1" in card and "the weights are the authors' own" in card
+    assert _front_matter(card)["model-index"][0]["results"][0]["metrics"][0]["value"] == 70.5
+
+    def assert_no_claims(card: str, source: str) -> None:
+        assert "70.5" not in card and "authors' own" not in card and "trained on ImageNet-1k" not in card
+        assert "model-index" not in _front_matter(card) and "datasets" not in _front_matter(card)
+        assert f"converted from `{source}`" in card and "reports no results" in card
+
+    # Other head counts: the same tensor shapes, but not the released architecture.
+    assert run(tmp_path / "b0.pth", tmp_path / "heads", "--num-heads", "2,2,5,8") == 0
+    assert "with attention heads [2, 2, 5, 8] (not [1, 2, 5, 8]) this is a custom model" in capsys.readouterr().out
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())["num_attention_heads"] == [2, 2, 5, 8]
+    assert_no_claims(_card(tmp_path / "heads"), "b0.pth")
+    assert "PVT (custom configuration)" in _card(tmp_path / "heads")
+    err = _fails(
+        tmp_path, capsys, tmp_path / "b0.pth", tmp_path / "out", "--variant", "pvt-v2-b0", "--num-heads", "2,2,5,8"
+    )
+    assert "--variant pvt-v2-b0 has attention heads [1, 2, 5, 8]" in err
+
+    # A fine-tuned head (10 classes) on the released architecture: no ImageNet accuracy.
+    tuned = random_init_(build_reference("pvt_v2_b0", num_classes=10), 3)
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pth")
+    assert run(tmp_path / "tuned.pth", tmp_path / "tuned") == 0
+    assert_no_claims(_card(tmp_path / "tuned"), "tuned.pth")
+
+    # A Transformers folder of the exact architecture holds weights of unknown origin (random here) ...
+    folder = _transformers_b0_folder(tmp_path / "transformers")
+    assert run(folder, tmp_path / "from-transformers") == 0
+    card = _card(tmp_path / "from-transformers")
+    assert_no_claims(card, "transformers")
+    assert "Transformers `pvt_v2` folder" in card and "PVT with the PVTv2-B0 architecture" in card
+    # ... unless --verify reproduces the published logits: then they are the authors' weights, whatever the layout.
+    logits = verify.verify_classifier(convert(folder).model, COCO, "pvt-v2-b0").first_logits
+    monkeypatch.setitem(verify.PUBLISHED_LOGITS, "pvt-v2-b0", logits)
+    assert run(folder, tmp_path / "verified", "--verify", COCO) == 0
+    assert "70.5% top-1" in _card(tmp_path / "verified")
+
+
+# --------------------------------------------------------------- output safety (issue 12, item 5)
+
+
+def test_output_that_is_or_contains_the_source_is_refused(tmp_path, capsys):
+    (tmp_path / "ckpts").mkdir()
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpts")
+    content = checkpoint.read_bytes()
+    for output in (tmp_path / "ckpts", tmp_path, checkpoint):
+        assert run(checkpoint, output, "--overwrite", "--num-heads", TINY_HEADS) == 1
+        assert "is the source or contains it" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == content and sorted(os.listdir(tmp_path / "ckpts")) == ["ckpt.pth"]
+
+    folder = _transformers_b0_folder(tmp_path / "transformers")
+    before = sorted(os.listdir(folder))
+    assert run(folder, folder, "--overwrite") == 1
+    assert "is the source or contains it" in capsys.readouterr().err
+    assert sorted(os.listdir(folder)) == before
+    assert run(folder, folder / "converted") == 0  # writing inside the source folder is harmless
+
+
+def test_overwrite_replaces_only_a_model_folder_and_leaves_nothing_beside_it(tmp_path, capsys):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    assert run(checkpoint, out, "--overwrite", "--num-heads", TINY_HEADS) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "out"]
+    out.unlink()
+
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run(checkpoint, out, "--overwrite", "--num-heads", TINY_HEADS) == 1
+    assert "not a model folder" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+
+    assert run(checkpoint, out, "--overwrite", "--num-heads", TINY_HEADS) == 0  # empty folder
+    first = (out / "model.safetensors").read_bytes()
+    other = _tiny_checkpoint(tmp_path, lambda sd: sd["head.bias"].add_(1.0), name="other.pth")
+    assert run(other, out, "--overwrite", "--num-heads", TINY_HEADS) == 0  # a previous conversion
+    assert (out / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "other.pth", "out"]
+
+
+def test_output_folders_get_the_permissions_of_mkdir(tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    for umask, folder_mode, file_mode in ((0o022, 0o755, 0o644), (0o027, 0o750, 0o640)):
+        previous = os.umask(umask)
+        try:
+            assert run(checkpoint, tmp_path / f"u{umask:o}" / "out", "--num-heads", TINY_HEADS) == 0
+        finally:
+            os.umask(previous)
+        out = tmp_path / f"u{umask:o}" / "out"
+        assert out.stat().st_mode & 0o777 == folder_mode
+        assert out.parent.stat().st_mode & 0o777 == folder_mode
+        assert (out / "model.safetensors").stat().st_mode & 0o777 == file_mode
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_killed_runs_are_cleaned_by_the_next_run(tmp_path, capsys):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    # A conversion killed (SIGKILL) after writing its staging folder, before renaming it into place.
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from conversion import convert\n"
+        "write = convert.write_folder\n"
+        "def write_then_die(*args, **kwargs):\n"
+        "    write(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "convert.write_folder = write_then_die\n"
+        f"convert.main([{str(checkpoint)!r}, {str(tmp_path / 'out')!r}, '--num-heads', {TINY_HEADS!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr[-2000:]
+    (staging,) = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert staging.name.startswith(".out.") and (staging / "model.safetensors").is_file()
+    assert staging.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+    # An --overwrite killed between moving the old folder aside and moving the new one in.
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "config.json").write_text("{}")
+    old = output_folder.side_entry(tmp_path / "kept", "old", pid=_dead_pid())
+    os.rename(tmp_path / "kept", old)
+    # A live run's staging folder (this process's parent) is never touched.
+    live = output_folder.side_entry(tmp_path / "busy", "partial", pid=os.getppid())
+    live.mkdir()
+
+    assert run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS) == 0
+    out = capsys.readouterr().out
+    assert f"removed {staging.name}" in out and f"restored {tmp_path / 'kept'}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pth", "kept", "out", live.name])
+    assert (tmp_path / "kept" / "config.json").read_text() == "{}"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_sigterm_and_ctrl_c_leave_nothing(tmp_path, capsys, monkeypatch):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    write = convert_module.write_folder
+
+    def write_then_terminate(*args, **kwargs):
+        write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(convert_module, "write_folder", write_then_terminate)
+    assert run(checkpoint, tmp_path / "a" / "b" / "out", "--num-heads", TINY_HEADS) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # nor the parents it created
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# -------------------------------------------------------- checks before any work (issue 12, item 5)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--push-to-hub", "not a repo id"], "is not a valid Hub repo id"),
+        (["--push-to-hub", "a/b/c"], "is not a valid Hub repo id"),
+        (["--verify", "missing.png"], "no such file"),
+        (["--verify", "ckpt.pth"], "not a readable image"),
+        (["--verify", str(COCO), "--task", "backbone"], "cannot check a --task backbone model"),
+        (["--variant", "pvt-v3-b9"], "Unknown --variant 'pvt-v3-b9'"),
+        (["--num-heads", "1,0,2,2"], "--num-heads must be positive integers"),
+        (["--private"], "--private applies to the repo --push-to-hub creates"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, monkeypatch, extra, message):
+    checkpoint = _tiny_checkpoint(tmp_path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the conversion started despite a bad argument")
+
+    monkeypatch.setattr(convert_module, "convert", no_work)
+    monkeypatch.chdir(tmp_path)
+    err = _fails(tmp_path, capsys, checkpoint, tmp_path / "out", *extra)
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+# --------------------------------------------------- one `error:` line per bad input (issue 12, item 5)
+
+
+def _write_bytes(name: str, data: bytes):
+    def make(tmp_path: Path) -> Path:
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    return make
+
+
+def _safetensors_bytes() -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tiny_reference("v2").state_dict().items()})
+
+
+def _folder(config, index=None, shards=()):
+    def make(tmp_path: Path) -> Path:
+        folder = tmp_path / "folder"
+        folder.mkdir()
+        (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+        if index is not None:
+            (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        for name in shards:
+            (folder / name).write_bytes(_safetensors_bytes())
+        return folder
+
+    return make
+
+
+def _with_tensor(key: str, make_tensor):
+    def make(tmp_path: Path) -> Path:
+        state_dict = dict(tiny_reference("v2").state_dict())
+        state_dict[key] = make_tensor(state_dict[key])
+        torch.save(state_dict, tmp_path / "ckpt.pth")
+        return tmp_path / "ckpt.pth"
+
+    return make
+
+
+PVT_V2 = {"model_type": "pvt_v2", "num_attention_heads": [1, 2, 3, 4]}
+BAD_INPUTS = {
+    "empty .pth": (_write_bytes("x.pth", b""), "is empty (0 bytes)"),
+    "random bytes .pth": (_write_bytes("x.pth", bytes(range(256)) * 40), "truncated or not a checkpoint"),
+    "empty .safetensors": (_write_bytes("x.safetensors", b""), "is empty (0 bytes)"),
+    "random .safetensors": (_write_bytes("x.safetensors", bytes(range(256)) * 40), "not a safetensors file"),
+    "truncated .safetensors": (_write_bytes("x.safetensors", _safetensors_bytes()[:5000]), "truncated"),
+    "config.json not JSON": (_folder("{not json"), "is not valid JSON"),
+    "config.json a list": (_folder("[1, 2]"), "holds a JSON list"),
+    "foreign model type": (_folder({"model_type": "vit"}), "model_type 'vit', which is not a PVT model"),
+    "an hf_pvt folder": (_folder({"model_type": "hf_pvt"}), "already an hf_pvt folder: load it with from_pretrained"),
+    "no weights": (_folder(PVT_V2), "has no model.safetensors"),
+    "missing shard": (_folder(PVT_V2, {"weight_map": {"a": "model-1.safetensors"}}), "lacks the shards"),
+    "index without map": (_folder(PVT_V2, {"metadata": {}}), "has no 'weight_map'"),
+    "shard outside": (_folder(PVT_V2, {"weight_map": {"a": "../ckpt.safetensors"}}), "not a file of"),
+    "absolute shard": (_folder(PVT_V2, {"weight_map": {"a": "/etc/passwd"}}), "not a file of"),
+    "int8 tensor": (_with_tensor("head.bias", lambda t: t.to(torch.int8)), "head.bias (torch.int8)"),
+    "complex tensor": (_with_tensor("head.bias", lambda t: t.to(torch.complex64)), "are not floating point"),
+    "NaN weights": (_with_tensor("head.bias", lambda t: t.index_fill(0, torch.tensor([1]), float("nan"))), "NaN"),
+    "Inf weights": (_with_tensor("block1.0.attn.q.weight", lambda t: t * float("inf")), "infinite values"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_inputs_give_one_error_line(tmp_path, capsys, name):
+    make, message = BAD_INPUTS[name]
+    (tmp_path / "ckpt.safetensors").write_bytes(_safetensors_bytes())  # what '../' shards would reach
+    err = _fails(tmp_path, capsys, make(tmp_path), tmp_path / "out", "--num-heads", TINY_HEADS)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err
+    assert "calls code" not in err  # only a pickle that names a global is called malicious
+
+
+def test_non_finite_weights_convert_only_when_allowed(tmp_path, capsys):
+    checkpoint = BAD_INPUTS["NaN weights"][0](tmp_path)
+    assert run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS, "--allow-non-finite") == 0
+    err = capsys.readouterr().err
+    assert "warning: converted 1 tensors holding NaN or infinite values: head.bias (1 of 10 values)" in err
+    model = HfPvtForImageClassification.from_pretrained(tmp_path / "out")
+    assert model.classifier.bias.isnan().sum() == 1
+
+
+@pytest.mark.parametrize("where", ["parent is a file", "mkdir refused"])
+def test_unwritable_destination_is_one_error_line_before_the_conversion(tmp_path, capsys, monkeypatch, where):
+    checkpoint = _tiny_checkpoint(tmp_path)
+    monkeypatch.setattr(convert_module, "convert", lambda *a, **k: pytest.fail("converted into nowhere"))
+    if where == "parent is a file":
+        (tmp_path / "file").write_text("")
+        output, message = tmp_path / "file" / "out", "is a file, not a folder"
+    else:  # what a read-only folder does to a non-root user (tests may run as root, which may write anywhere)
+
+        def refuse(path, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(output_folder.os, "mkdir", refuse)
+        output, message = tmp_path / "new" / "out", "Permission denied"
+    assert run(checkpoint, output, "--num-heads", TINY_HEADS) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["ckpt.pth", "file"], ["ckpt.pth"])
+
+
+def test_unexpected_failures_are_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
+    checkpoint = _tiny_checkpoint(tmp_path)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something nobody anticipated\nsecond line")
+
+    monkeypatch.setattr(convert_module, "convert", boom)
+    err = _fails(tmp_path, capsys, checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS)
+    expected = "RuntimeError: something nobody anticipated. Nothing was written; rerun with --debug for the traceback."
+    assert err == f"error: {expected}\n"
+    with pytest.raises(RuntimeError, match="nobody anticipated"):
+        run(checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS, "--debug")
+    assert no_leftovers(tmp_path, "out")
