@@ -8,7 +8,7 @@ so converting an original checkpoint is a plain renaming table.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -453,7 +453,8 @@ class HfPvtModel(HfPvtPreTrainedModel):
             sizes.append(size)
         return sizes
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The pixels in the model's dtype, or a ValueError/TypeError that says what to change."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(
@@ -473,6 +474,14 @@ class HfPvtModel(HfPvtPreTrainedModel):
                 f"sr_ratio tokens per side where keys are reduced), so height and width must be at least {minimum} "
                 "pixels. Resize or pad the images."
             )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be floating point (normalised pixels), got {pixel_values.dtype}; run the images "
+                "through the image processor (raw uint8 pixels are not normalised)."
+            )
+        # Another float precision than the weights' (float64 from numpy, bf16 from a loader) is cast, as convolutions
+        # require one dtype; under autocast the convolution then casts as usual.
+        return pixel_values.to(self.stages[0].patch_embed.proj.weight.dtype)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -481,7 +490,7 @@ class HfPvtModel(HfPvtPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised images of any size at least `min_input_size` (32 for v1), square or not.
         """
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._check_pixel_values(pixel_values)
         # The recorder collects attention weights when the call or the config asks; the attention layers must see
         # the same answer, or they take the fused path and the weights come back empty.
         kwargs["output_attentions"] = kwargs.get("output_attentions", self.config.output_attentions)
@@ -717,7 +726,10 @@ class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
         loss = None
         if labels is not None:
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+            ignore_index = self.config.semantic_loss_ignore_index
+            # The mean over labelled pixels; a batch whose pixels are all ignored contributes 0, not 0/0 = NaN.
+            total = F.cross_entropy(upsampled, labels, ignore_index=ignore_index, reduction="sum")
+            loss = total / (labels != ignore_index).sum().clamp(min=1)
         return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -844,7 +856,7 @@ class HfPvtForObjectDetection(HfPvtPreTrainedModel):
         scale = pixel_values.new_tensor([width, height, width, height])
         targets = []
         for index, target in enumerate(labels):
-            if not isinstance(target, dict) or not {"class_labels", "boxes"} <= set(target):
+            if not isinstance(target, Mapping) or not {"class_labels", "boxes"} <= set(target):
                 raise ValueError(
                     f"labels[{index}] must be a dict with 'class_labels' (n,) and 'boxes' (n, 4), normalised "
                     "(center_x, center_y, width, height): the image processor's `labels`."
