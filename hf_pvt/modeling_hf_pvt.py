@@ -26,6 +26,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_pvt import HfPvtConfig
+from .detection_hf_pvt import generate_anchors, retinanet_loss
 
 
 @dataclass
@@ -898,8 +899,6 @@ class HfPvtForObjectDetection(HfPvtPreTrainedModel):
             center_y, width, height) relative to `pixel_values`' height and width), as Transformers' detection
             models take them. Images without objects have `n = 0`.
         """
-        from .detection_hf_pvt import generate_anchors, retinanet_loss  # TEMP: top-level once the module lands
-
         image_sizes = self._image_sizes(pixel_values, pixel_mask)
         targets = self._targets(labels, pixel_values) if labels is not None else None
         outputs = self.pvt(pixel_values, **kwargs)
@@ -910,7 +909,8 @@ class HfPvtForObjectDetection(HfPvtPreTrainedModel):
             octave_base_scale=self.config.anchor_octave_base_scale,
             scales_per_octave=self.config.anchor_scales_per_octave,
             ratios=self.config.anchor_ratios,
-            dtype=logits[0].dtype,
+            # float32 whatever the model's dtype: bf16 cannot hold anchor corners such as 1000.5 exactly.
+            dtype=torch.float32,
             device=logits[0].device,
         )
 
@@ -931,6 +931,7 @@ class HfPvtForObjectDetection(HfPvtPreTrainedModel):
                 gamma=self.config.focal_loss_gamma,
                 pos_iou_thr=self.config.detection_pos_iou_threshold,
                 neg_iou_thr=self.config.detection_neg_iou_threshold,
+                strides=self.strides,
             )
             loss = loss_dict["loss_cls"] + loss_dict["loss_bbox"]
         return HfPvtObjectDetectionOutput(
