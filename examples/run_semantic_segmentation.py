@@ -13,8 +13,9 @@ Without the split sub-folders, images/ and annotations/ themselves are used for 
 `--model` is a preset name (random weights, from scratch) or a local folder saved by `save_pretrained`, for example
 an ImageNet classifier converted with `hf-pvt-convert`: its encoder loads into the segmentation model and the FPN
 neck and head start fresh. The recipe defaults are the paper's: AdamW (lr 2e-4, weight decay 1e-4), poly schedule
-with power 0.9, 512x512 crops. The output folder holds the model and image processor, ready for
-`pipeline("image-segmentation", model=output_dir)` or `push_to_hub`.
+with power 0.9, 512x512 crops. The output folder holds the model, its image processor, its code and a model card,
+ready for `pipeline("image-segmentation", model=output_dir)`; `--push_to_hub` (with `--hub_model_id your-name/repo`)
+uploads it in one commit through `hf_pvt.push_to_hub`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import hf_pvt  # noqa: F401  (registers hf_pvt with the Auto classes)
+import hf_pvt  # registers hf_pvt with the Auto classes
 from hf_pvt import PRESETS, HfPvtConfig, HfPvtForSemanticSegmentation, HfPvtImageProcessor
 from hf_pvt.configuration_hf_pvt import normalize_preset_name
 
@@ -195,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logging_steps", type=int, default=50)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--push_to_hub", action="store_true", help="upload the output folder (one commit)")
+    parser.add_argument("--hub_model_id", help="the Hub repository to push to (default: the output folder's name)")
     return parser.parse_args(argv)
 
 
@@ -251,10 +254,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     metrics = evaluate(model, processor, eval_pairs, args.reduce_labels)
     print(f"final mIoU {metrics['mean_iou']:.4f} pixel accuracy {metrics['pixel_accuracy']:.4f}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
+    hf_pvt.save_for_hub(model, args.output_dir, image_processor=processor, repo_id=args.hub_model_id)
     results = {**metrics, "train_losses": losses, "eval_history": history, "steps": step}
     (args.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+    if args.push_to_hub:
+        repo_id = args.hub_model_id or args.output_dir.resolve().name
+        message = "Fine-tuned with run_semantic_segmentation.py"
+        print(f"Pushed: {hf_pvt.push_to_hub(args.output_dir, repo_id, commit_message=message)}")
     return results
 
 

@@ -13,9 +13,9 @@ from transformers import (
     AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
 )
-from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
 from .configuration_hf_pvt import PRESETS, HfPvtConfig
+from .hub_hf_pvt import register_no_video_processor
 from .image_processing_hf_pvt import HfPvtImageProcessor
 from .modeling_hf_pvt import (
     HfPvtBackbone,
@@ -27,6 +27,7 @@ from .modeling_hf_pvt import (
     HfPvtObjectDetectionOutput,
     HfPvtPreTrainedModel,
 )
+from .sharing import HubUploadError, make_hub_ready, push_to_hub, save_for_hub
 
 __version__ = "0.1.0"
 
@@ -48,9 +49,9 @@ def _register() -> None:
     AutoImageProcessor.register(HfPvtConfig, slow_image_processor_class=HfPvtImageProcessor, exist_ok=True)
     HfPvtImageProcessor.register_for_auto_class()
     # hf_pvt has no video processor, and says so: pipeline() probes every folder for one, infers a video class
-    # from the image processor's auto_map entry, and would otherwise ask whether to run the folder's code.
-    # (AutoVideoProcessor.register itself demands torchvision, hence the mapping.)
-    VIDEO_PROCESSOR_MAPPING.register(HfPvtConfig, {}, exist_ok=True)
+    # from the image processor's auto_map entry, and would otherwise ask whether to run the folder's code
+    # (for hf_pvt's folders and for every Transformers head saved with HfPvtImageProcessor).
+    register_no_video_processor(HfPvtConfig)
 
 
 _register()
@@ -67,4 +68,8 @@ __all__ = [
     "HfPvtModelOutput",
     "HfPvtObjectDetectionOutput",
     "HfPvtPreTrainedModel",
+    "HubUploadError",
+    "make_hub_ready",
+    "push_to_hub",
+    "save_for_hub",
 ]
