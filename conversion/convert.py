@@ -2,10 +2,12 @@
 
     python -m conversion.convert pvt_v2_b2.pth out/pvt-v2-b2 [--variant pvt-v2-b2] [--verify cats.png]
     hf-pvt-convert pvt_v2_b2.pth out/pvt-v2-b2 --push-to-hub your-name/pvt-v2-b2
+    hf-pvt-convert retinanet_pvt_v2_b2_fpn_1x_coco.pth out/retinanet-pvt-v2-b2
 
 Sources: the authors' `.pth` files (legacy or zip torch format, raw or wrapped in `model` / `state_dict`,
-with or without a `backbone.` prefix), timm's pvt_v2 state dicts, `.safetensors` files, and Transformers'
-`pvt` / `pvt_v2` folders. Checkpoints are read with `torch.load(weights_only=True)` only. The variant is
+with or without a `backbone.` prefix), their MMDetection RetinaNet detectors (`backbone.` + `neck.` +
+`bbox_head.`, converted to `HfPvtForObjectDetection`), timm's pvt_v2 state dicts, `.safetensors` files, and
+Transformers' `pvt` / `pvt_v2` folders. Checkpoints are read with `torch.load(weights_only=True)` only. The variant is
 read off the tensors; a `--variant` that disagrees with them is an error. Every source tensor must land
 in exactly one model parameter and every parameter must be filled, or nothing is written. Tensors must be
 finite floating-point numbers. The folder appears atomically: it is assembled next to the target and
@@ -18,7 +20,6 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -26,28 +27,39 @@ import shutil
 import signal
 import sys
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from transformers.utils import logging as transformers_logging
 
 import hf_pvt
-from hf_pvt import HfPvtBackbone, HfPvtConfig, HfPvtForImageClassification, HfPvtImageProcessor
+from hf_pvt import (
+    HfPvtBackbone,
+    HfPvtConfig,
+    HfPvtForImageClassification,
+    HfPvtForObjectDetection,
+    HfPvtImageProcessor,
+)
 from hf_pvt.configuration_hf_pvt import PRESETS, normalize_preset_name
 
+from .coco_labels import COCO_DETECTION_LABELS
 from .imagenet_labels import IMAGENET_1K_LABELS
-from .layouts import ORIGINAL_TO_HF_PVT, TO_ORIGINAL, detect_layout, merge_key_value, rename_key
+from .layouts import MMDET_RETINANET_TO_HF_PVT, ORIGINAL_TO_HF_PVT, RETINANET_MARKERS, rename_key
 from .model_card import render_card
 from .output_folder import OutputFolder, OutputFolderError, clean_stale_entries, describe_os_error
+from .sources import ConversionError, Source, first_line, load_source
 from .verify import VerifyResult, verify_classifier
 
 # The files `trust_remote_code` needs next to the weights (register_for_auto_class copies them on save).
-REMOTE_CODE_FILES = ("configuration_hf_pvt.py", "modeling_hf_pvt.py", "image_processing_hf_pvt.py")
+REMOTE_CODE_FILES = (
+    "configuration_hf_pvt.py",
+    "modeling_hf_pvt.py",
+    "image_processing_hf_pvt.py",
+    "detection_hf_pvt.py",
+)
 # Released models all use these head counts; heads leave no trace in the tensors' shapes.
 DEFAULT_NUM_HEADS = [1, 2, 5, 8]
 # Fields read off the tensors and compared with a preset; the others (heads) cannot be seen in shapes.
@@ -72,263 +84,24 @@ _ARCHITECTURE_FIELDS = (
     "layer_norm_eps",
     "embedding_layer_norm_eps",
 )
-_WRAPPER_KEYS = ("model", "state_dict", "module")
-TASKS = ("auto", "classification", "backbone")
+TASKS = ("auto", "classification", "backbone", "detection")
+MODEL_CLASSES = {
+    "classification": HfPvtForImageClassification,
+    "backbone": HfPvtBackbone,
+    "detection": HfPvtForObjectDetection,
+}
+# RetinaNet fields read off a detector's tensors; with the anchor settings (not visible in shapes, the authors'
+# are hf_pvt's defaults) they must equal the defaults for a card to state the authors' box AP.
+_RETINANET_FIELDS = ("decoder_hidden_size", "detection_feat_channels", "detection_num_convs")
+_ANCHOR_FIELDS = ("anchor_octave_base_scale", "anchor_scales_per_octave", "anchor_ratios")
 # How a model card names where the weights came from, when they are not known to be the authors' release.
 LAYOUT_DESCRIPTIONS = {
     "original": "a checkpoint in the authors' layout",
     "transformers-pvt": "a Transformers `pvt` folder",
     "transformers-pvt_v2": "a Transformers `pvt_v2` folder",
     "timm-pvt_v2": "a timm `pvt_v2` state dict",
+    "mmdet-retinanet": "an MMDetection RetinaNet checkpoint",
 }
-_SUPPORTED_SOURCES = (
-    "hf-pvt-convert reads the authors' checkpoints (.pth), timm's pvt_v2 state dicts, .safetensors files and "
-    "Transformers' 'pvt' / 'pvt_v2' folders"
-)
-
-
-class ConversionError(Exception):
-    """A checkpoint or argument that cannot be converted as asked; the message names the problem and the fix."""
-
-
-@dataclass
-class Source:
-    """A loaded checkpoint: its tensors in the authors' layout and what is known about where they came from."""
-
-    tensors: dict[str, torch.Tensor]
-    origins: dict[str, list[str]]  # original-layout key -> the source keys it was built from
-    layout: str
-    notes: list[str] = field(default_factory=list)
-    config: dict[str, Any] | None = None  # a Transformers folder's config.json
-    name: str = ""  # the file or folder name, for the model card (never the full local path)
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
-def _check_not_empty(path: Path) -> None:
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path} is empty (0 bytes): the download or copy did not finish. Fetch it again.")
-
-
-def _torch_load(path: Path) -> Any:
-    _check_not_empty(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... by failure mode
-        message = str(error)
-        # A pickle that names a global (a function or class to call) is refused by the weights-only
-        # unpickler with "Unsupported global"; garbage bytes fail on some other opcode instead.
-        global_line = next((line for line in message.splitlines() if "unsupported global" in line.lower()), None)
-        if global_line is not None:
-            raise ConversionError(
-                f"Refused to load {path}: its pickle calls code that weights-only loading does not allow "
-                f"({global_line.strip()}). A checkpoint holds only tensors and plain containers; do not load "
-                "this file with weights_only=False unless you trust its author."
-            ) from error
-        reason = "unreadable pickle data" if "weights only load failed" in message.lower() else _first_line(error)
-        raise ConversionError(
-            f"Could not read {path} as a PyTorch checkpoint ({reason}). The file is truncated or not a checkpoint: "
-            "download it again and compare its size."
-        ) from error
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    _check_not_empty(path)
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as error:
-        raise ConversionError(
-            f"Could not read {path} as a safetensors file ({_first_line(error)}). The file is truncated or not a "
-            "safetensors file: download it again and compare its size."
-        ) from error
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConversionError(f"{path} is not valid JSON ({_first_line(error)}); the folder is damaged.") from error
-    if not isinstance(value, dict):
-        raise ConversionError(f"{path} holds a JSON {type(value).__name__}, not an object; the folder is damaged.")
-    return value
-
-
-def _shard_files(folder: Path, index_path: Path) -> list[Path]:
-    """The shard files a `model.safetensors.index.json` names, each checked to lie inside `folder`."""
-    weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ConversionError(f"{index_path} has no 'weight_map' object; the folder is damaged.")
-    root = folder.resolve()
-    shards, missing = [], []
-    for name in sorted(set(weight_map.values()), key=str):
-        # A shard is a file of this folder: an absolute path or `..` could read any file on the machine.
-        resolved = (root / name).resolve() if isinstance(name, str) else None
-        if resolved is None or Path(name).is_absolute() or resolved.parent != root:
-            raise ConversionError(
-                f"{index_path} names the shard {name!r}, which is not a file of {folder}. Refused: an index may "
-                "only name files in its own folder."
-            )
-        (shards if resolved.is_file() else missing).append(resolved)
-    if missing:
-        raise ConversionError(
-            f"{folder} lacks the shards {[p.name for p in missing]} named in {index_path.name}; download them too."
-        )
-    return shards
-
-
-def _read_transformers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ConversionError(
-            f"{folder} is a folder without config.json; give a Transformers model folder or a checkpoint file."
-        )
-    config = _read_json(config_path)
-    model_type = config.get("model_type")
-    if model_type == HfPvtConfig.model_type:
-        raise ConversionError(
-            f"{folder} is already an hf_pvt folder: load it with from_pretrained (e.g. "
-            "AutoModelForImageClassification), no conversion needed."
-        )
-    if model_type not in ("pvt", "pvt_v2"):
-        raise ConversionError(
-            f"{config_path} has model_type {model_type!r}, which is not a PVT model. {_SUPPORTED_SOURCES}."
-        )
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        return _load_safetensors(folder / "model.safetensors"), config
-    if index.is_file():
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in _shard_files(folder, index):
-            for key, value in _load_safetensors(shard).items():
-                if key in tensors:
-                    raise ConversionError(f"{folder}: the tensor {key!r} appears in more than one shard.")
-                tensors[key] = value
-        return tensors, config
-    if (folder / "pytorch_model.bin").is_file():
-        return _unwrap(_torch_load(folder / "pytorch_model.bin"), folder / "pytorch_model.bin", []), config
-    raise ConversionError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
-
-
-def _unwrap(checkpoint: Any, path: Path, notes: list[str]) -> dict[str, Any]:
-    """The state dict inside a training snapshot (`{'model': ...}`) or a detector file (`{'state_dict': ...}`)."""
-    while isinstance(checkpoint, dict) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        wrapper = next((key for key in _WRAPPER_KEYS if isinstance(checkpoint.get(key), dict)), None)
-        if wrapper is None:
-            raise ConversionError(
-                f"{path} holds no tensors at its top level and none of the wrappers {list(_WRAPPER_KEYS)} "
-                f"(its keys: {sorted(map(str, checkpoint))[:10]}). Extract the model's state dict first."
-            )
-        notes.append(f"took the state dict under {wrapper!r}")
-        checkpoint = checkpoint[wrapper]
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a state dict of tensors.")
-    return checkpoint
-
-
-def _strip_prefixes(state_dict: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Drop DDP's `module.` and detectors' `backbone.` prefixes; a detector's own neck and heads are left out."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
-        notes.append("removed the 'module.' prefix")
-    backbone = {key[len("backbone.") :]: value for key, value in state_dict.items() if key.startswith("backbone.")}
-    if backbone:
-        others = sorted(key for key in state_dict if not key.startswith("backbone."))
-        notes.append("took the tensors under 'backbone.'")
-        if others:
-            heads = sorted({key.split(".")[0] + "." for key in others})
-            notes.append(
-                f"left out {len(others)} tensors of the detector/segmenter around the backbone ({', '.join(heads)})"
-            )
-        state_dict = backbone
-    return state_dict
-
-
-def _check_entries(state_dict: dict[Any, Any], path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
-    """Refuse anything but string keys and dense floating-point tensors; unify mixed floating dtypes."""
-    bad_keys = [key for key in state_dict if not isinstance(key, str)]
-    if bad_keys:
-        raise ConversionError(f"{path}: keys must be strings, found {bad_keys[:5]}. Give a plain state dict.")
-    not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
-    if not_tensors:
-        raise ConversionError(f"{path}: these entries are not tensors: {not_tensors[:10]}. Give a plain state dict.")
-    not_dense = sorted(key for key, value in state_dict.items() if value.layout != torch.strided)
-    not_float = sorted(
-        f"{key} ({value.dtype})" for key, value in state_dict.items() if not value.dtype.is_floating_point
-    )
-    if not_dense or not_float:
-        raise ConversionError(
-            f"{path}: PVT weights are dense floating-point tensors, but "
-            + "; ".join(
-                part
-                for part in (
-                    f"{len(not_dense)} are sparse ({', '.join(not_dense[:5])})" if not_dense else "",
-                    f"{len(not_float)} are not floating point ({', '.join(not_float[:5])})" if not_float else "",
-                )
-                if part
-            )
-            + ". The file is quantised, corrupted or not a model checkpoint."
-        )
-    dtypes = Counter(value.dtype for value in state_dict.values())
-    if len(dtypes) > 1:
-        notes.append(f"cast tensors of mixed dtypes ({', '.join(map(str, dtypes))}) to torch.float32")
-        state_dict = {key: value.float() for key, value in state_dict.items()}
-    return state_dict
-
-
-def load_source(path: str | Path) -> Source:
-    """Load a checkpoint file or Transformers folder and rename it into the authors' layout."""
-    path = Path(path)
-    notes: list[str] = []
-    config = None
-    if not path.exists():
-        raise ConversionError(f"{path} does not exist.")
-    if path.is_dir():
-        state_dict, config = _read_transformers_folder(path)
-    elif path.suffix == ".safetensors":
-        state_dict = _load_safetensors(path)
-    else:
-        state_dict = _strip_prefixes(_unwrap(_torch_load(path), path, notes), notes)
-    if not state_dict:
-        raise ConversionError(f"{path} holds no tensors.")
-    state_dict = _check_entries(state_dict, path, notes)
-
-    keys = list(state_dict)
-    layout = detect_layout(keys)
-    if layout == "hf_pvt":
-        raise ConversionError(
-            f"{path} is already in hf_pvt's layout: load it with from_pretrained, no conversion needed."
-        )
-    if layout is None or layout not in TO_ORIGINAL:
-        raise ConversionError(
-            f"{path}: unrecognised checkpoint layout (first keys: {keys[:5]}). Expected the authors' "
-            "(patch_embed1.*, block1.0.*), timm's pvt_v2 (patch_embed.*, stages.*) or a Transformers "
-            "pvt/pvt_v2 folder."
-        )
-    if config is not None and layout != f"transformers-{config['model_type']}":
-        raise ConversionError(
-            f"{path}: config.json says {config['model_type']!r} but the weights are in {layout} layout."
-        )
-
-    tensors: dict[str, torch.Tensor] = {}
-    origins: dict[str, list[str]] = {}
-    for key, tensor in state_dict.items():
-        new_key = rename_key(key, TO_ORIGINAL[layout])
-        if new_key in tensors:
-            raise ConversionError(f"{path}: {origins[new_key][0]!r} and {key!r} both map to {new_key!r}.")
-        tensors[new_key], origins[new_key] = tensor, [key]
-    if layout.startswith("transformers"):
-        tensors, origins, unpaired = merge_key_value(tensors, origins)
-        if unpaired:
-            raise ConversionError(
-                f"{path}: attention key/value Linears without a matching partner (or of another shape): {unpaired}."
-            )
-    return Source(tensors=tensors, origins=origins, layout=layout, notes=notes, config=config, name=path.name)
 
 
 # ----------------------------------------------------------------------------------- variant detection
@@ -419,9 +192,57 @@ def equals_preset(config: HfPvtConfig, variant: str) -> bool:
     return all(getattr(config, name) == getattr(reference, name) for name in _ARCHITECTURE_FIELDS)
 
 
+def _labels_of(config: HfPvtConfig) -> list[str | None]:
+    return [config.id2label.get(i) for i in range(config.num_labels)]
+
+
 def has_imagenet_head(config: HfPvtConfig) -> bool:
-    labels = [config.id2label.get(i) for i in range(config.num_labels)]
-    return labels == list(IMAGENET_1K_LABELS)
+    return _labels_of(config) == list(IMAGENET_1K_LABELS)
+
+
+def is_authors_retinanet(config: HfPvtConfig) -> bool:
+    """Whether a detector configuration is the authors' COCO RetinaNet head: 80 COCO classes, FPN and head of
+    256 channels, 4 convs per branch, 9 anchors (SPEC §6)."""
+    defaults = HfPvtConfig()
+    return _labels_of(config) == list(COCO_DETECTION_LABELS) and all(
+        getattr(config, name) == getattr(defaults, name) for name in (*_RETINANET_FIELDS, *_ANCHOR_FIELDS)
+    )
+
+
+def detect_retinanet(detector: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The RetinaNet configuration fields an mmdet checkpoint's neck and head tensors determine: FPN width, head
+    width and depth, and the number of classes (retina_cls has anchors-per-location x classes outputs)."""
+
+    def kernel(key: str) -> torch.Tensor:
+        tensor = detector.get(key)
+        if tensor is None or tensor.ndim != 4:
+            found = "nothing" if tensor is None else f"shape {tuple(tensor.shape)}"
+            raise ConversionError(
+                f"The RetinaNet checkpoint has no convolution kernel {key!r} (found {found}); is it an mmdet "
+                "RetinaNet with an FPN neck, like the authors' detectors?"
+            )
+        return tensor
+
+    num_convs = len({int(m[1]) for key in detector if (m := re.match(r"bbox_head\.cls_convs\.(\d+)\.", key))})
+    fpn_width = int(kernel("neck.lateral_convs.0.conv.weight").shape[0])
+    defaults = HfPvtConfig()
+    anchors = len(defaults.anchor_ratios) * defaults.anchor_scales_per_octave
+    box_outputs = int(kernel("bbox_head.retina_reg.weight").shape[0])
+    class_outputs = int(kernel("bbox_head.retina_cls.weight").shape[0])
+    if box_outputs != 4 * anchors or class_outputs % anchors:
+        raise ConversionError(
+            f"bbox_head.retina_reg has {box_outputs} outputs and retina_cls {class_outputs}: that is not 4 and "
+            f"C values for each of the {anchors} anchors per location ({len(defaults.anchor_ratios)} ratios x "
+            f"{defaults.anchor_scales_per_octave} scales) of the authors' RetinaNet, the only anchor setting "
+            "hf-pvt-convert reads."
+        )
+    head_width = int(kernel("bbox_head.cls_convs.0.conv.weight").shape[0]) if num_convs else fpn_width
+    return {
+        "decoder_hidden_size": fpn_width,
+        "detection_feat_channels": head_width,
+        "detection_num_convs": num_convs,
+        "num_labels": class_outputs // anchors,
+    }
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -471,6 +292,14 @@ def _labels(num_labels: int, source_config: dict[str, Any] | None) -> dict[int, 
     return {i: f"LABEL_{i}" for i in range(num_labels)}
 
 
+def _detection_labels(num_labels: int, class_names: list[str] | None) -> dict[int, str]:
+    if class_names is not None and len(class_names) == num_labels:
+        return dict(enumerate(class_names))
+    if num_labels == len(COCO_DETECTION_LABELS):
+        return dict(enumerate(COCO_DETECTION_LABELS))
+    return {i: f"LABEL_{i}" for i in range(num_labels)}
+
+
 def _check_num_heads(num_heads: Any, origin: str) -> list[int]:
     if (
         not isinstance(num_heads, (list, tuple))
@@ -506,11 +335,21 @@ def build_config(
         shapes_match = match_preset(architecture)
 
     has_head = "head.weight" in source.tensors
+    is_retinanet = all(key in source.detector for key in RETINANET_MARKERS)
     if task == "auto":
-        task = "classification" if has_head else "backbone"
+        task = "detection" if is_retinanet else "classification" if has_head else "backbone"
     if task == "classification" and not has_head:
         raise ConversionError(
-            "The checkpoint has no classification head (head.weight); convert it with --task backbone."
+            "The checkpoint has no classification head (head.weight); convert it with --task backbone"
+            + (" or --task detection." if is_retinanet else ".")
+        )
+    if task == "detection" and not is_retinanet:
+        found = sorted({key.split(".")[0] + "." for key in source.detector})
+        raise ConversionError(
+            "--task detection converts an MMDetection RetinaNet checkpoint (backbone.*, neck.*, "
+            f"{' and '.join(RETINANET_MARKERS)}); this one has "
+            + (f"other layers around its backbone ({', '.join(found)})." if found else "no detector layers.")
+            + " Convert its backbone with --task backbone."
         )
 
     source_config = source.config or {}
@@ -532,8 +371,13 @@ def build_config(
         kwargs["strides"] = list(architecture["patch_sizes"])
     if task == "classification":
         id2label = _labels(int(source.tensors["head.weight"].shape[0]), source.config)
+    elif task == "detection":
+        retinanet = detect_retinanet(source.detector)
+        id2label = _detection_labels(retinanet.pop("num_labels"), source.class_names)
+        kwargs.update(retinanet)
+    if task in ("classification", "detection"):
         kwargs.update(id2label=id2label, label2id={label: i for i, label in id2label.items()})
-    kwargs["architectures"] = ["HfPvtForImageClassification" if task == "classification" else "HfPvtBackbone"]
+    kwargs["architectures"] = [MODEL_CLASSES[task].__name__]
     try:
         config = HfPvtConfig(**kwargs)
     except (ValueError, TypeError) as error:
@@ -581,7 +425,14 @@ def convert(
     source = load_source(path)
     config, variant, task = build_config(source, variant, num_heads, task)
     tensors, origins, notes, warnings = dict(source.tensors), dict(source.origins), list(source.notes), []
-    non_finite = _finite_problems(tensors, origins)
+    if task != "detection" and source.detector:
+        around = sorted({key.split(".")[0] + "." for key in source.detector})
+        notes.append(
+            f"left out {len(source.detector)} tensors of the detector/segmenter around the backbone "
+            f"({', '.join(around)})"
+        )
+    detector = source.detector if task == "detection" else {}
+    non_finite = _finite_problems({**tensors, **detector}, {**origins, **{key: [key] for key in detector}})
     if non_finite:
         listed = ", ".join(non_finite[:10]) + (" ..." if len(non_finite) > 10 else "")
         if not allow_non_finite:
@@ -612,8 +463,14 @@ def convert(
         # A private contiguous copy: safetensors refuses tensors that share storage.
         renamed[target] = tensor.detach().clone(memory_format=torch.contiguous_format)
         renamed_origins[target] = origins[key]
+    for key, tensor in detector.items():
+        target = rename_key(key, MMDET_RETINANET_TO_HF_PVT)
+        if target in renamed:
+            raise ConversionError(f"Source tensors {renamed_origins[target]} and {[key]} both map to {target!r}.")
+        renamed[target] = tensor.detach().clone(memory_format=torch.contiguous_format)
+        renamed_origins[target] = [key]
 
-    model_class = HfPvtForImageClassification if task == "classification" else HfPvtBackbone
+    model_class = MODEL_CLASSES[task]
     with torch.device("meta"):
         model = model_class(config)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -634,16 +491,18 @@ def convert(
     model.load_state_dict(renamed, strict=True, assign=True)
     model.eval()
     # The card may present the weights as the authors' only for their exact release, read from their own files.
-    authors_weights = (
-        variant is not None and source.layout == "original" and (task != "classification" or has_imagenet_head(config))
-    )
+    head_is_authors = {
+        "classification": has_imagenet_head,
+        "detection": is_authors_retinanet,
+    }.get(task, lambda config: True)
+    authors_weights = variant is not None and source.layout == "original" and head_is_authors(config)
     return Conversion(
         model,
         variant,
         task,
-        source.layout,
+        "mmdet-retinanet" if task == "detection" else source.layout,
         notes,
-        num_source_tensors=len(source.origins),
+        num_source_tensors=len(source.origins) + len(detector),
         source_name=source.name,
         authors_weights=authors_weights,
         warnings=warnings,
@@ -673,6 +532,8 @@ def write_folder(conversion: Conversion, folder: Path, repo_id: str | None = Non
     conversion.model.save_pretrained(folder)
     if conversion.task == "classification":
         image_processor = HfPvtImageProcessor()
+    elif conversion.task == "detection":
+        image_processor = HfPvtImageProcessor.for_object_detection()
     else:
         image_processor = HfPvtImageProcessor.for_dense_prediction()
     image_processor.save_pretrained(folder)
@@ -693,7 +554,10 @@ def verify_folder(folder: Path, conversion: Conversion, image: str | Path, repo_
     A match proves the weights are the authors' release whatever layout they came in, so the card is then
     rewritten to present them as such."""
     if conversion.task != "classification":
-        raise ConversionError("--verify needs a classifier; this checkpoint converts to a backbone.")
+        raise ConversionError(
+            f"--verify compares classifier logits; this checkpoint converts to a {conversion.task} model. "
+            "Drop --verify."
+        )
     model = HfPvtForImageClassification.from_pretrained(folder)
     result = verify_classifier(model, image, conversion.variant)
     print(result.report())
@@ -720,7 +584,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         )
     except Exception as error:  # offline mode, refused connections, HTTP and auth errors all end here
         raise ConversionError(
-            f"Upload to {repo_id} failed ({_first_line(error)}). "
+            f"Upload to {repo_id} failed ({first_line(error)}). "
             f"The converted folder is intact at {folder}; check the network and `hf auth login`, then upload it "
             f"with `hf upload {repo_id} {folder}`."
         ) from error
@@ -773,7 +637,7 @@ def _check_image(path: str) -> None:
     except FileNotFoundError as error:
         raise ConversionError(f"--verify {path}: no such file.") from error
     except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise ConversionError(f"--verify {path}: not a readable image ({_first_line(error)}).") from error
+        raise ConversionError(f"--verify {path}: not a readable image ({first_line(error)}).") from error
 
 
 def check_arguments(args: argparse.Namespace) -> Path:
@@ -830,8 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         choices=TASKS,
         default="auto",
-        help="classification (needs a head) or backbone (drops head, and v1's cls token and final norm); "
-        "auto: classification when the checkpoint has a head",
+        help="classification (needs a head), backbone (drops head, and v1's cls token and final norm) or "
+        "detection (an mmdet RetinaNet: backbone + neck + bbox_head); auto: detection for a RetinaNet, "
+        "else classification when the checkpoint has a head, else backbone",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing output folder (one holding a config.json)"
@@ -901,11 +766,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _quiet_progress_bars():
+    """The command reports what it did in its own lines; Transformers' loading/saving bars only add noise."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `hf-pvt-convert` command: 0 on success; 1 after one `error:` line on stderr (130 when interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_progress_bars():
             return _run(args)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)
@@ -918,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(error, OSError):
             message = f"{describe_os_error(error)}. Nothing was written."
         else:  # a failure no check anticipated: still one line, with the way to the details
-            message = f"{_first_line(error)}. Nothing was written; rerun with --debug for the traceback."
+            message = f"{first_line(error)}. Nothing was written; rerun with --debug for the traceback."
         print(f"error: {message}", file=sys.stderr)
         return 1
 

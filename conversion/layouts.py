@@ -25,6 +25,10 @@ Layouts, as their state dicts spell them (i = stage, j = block):
   (stages 2-4's), `stages.{i}.blocks.{j}` with the authors' inner names except `mlp.dwconv` (one level, no
   inner `.dwconv`), `stages.{i}.norm`, `head`.
 
+- mmdet-retinanet (the authors' RetinaNet detectors, MMDetection v2): `backbone.` + the original layout (v1
+  without cls token and final norm), `neck.{lateral_convs,fpn_convs}.{k}.conv`, `bbox_head.{cls_convs,
+  reg_convs}.{k}.conv`, `bbox_head.{retina_cls,retina_reg}`.
+
 Transformers splits the authors' `kv` Linear into `key` and `value`; they are renamed to `attn.k` /
 `attn.v` here and concatenated back into `attn.kv` (rows [:C] keys, [C:] values) by `merge_key_value`.
 """
@@ -47,6 +51,17 @@ ORIGINAL_TO_HF_PVT: list[tuple[str, str]] = [
     (r"^cls_token$", "pvt.stages.{last}.cls_token"),
     (r"^head\.", "classifier."),
 ]
+
+# The layers of an MMDetection v2 RetinaNet around its backbone (SPEC §6), mapped onto HfPvtForObjectDetection:
+# the same names without the `.conv` level of mmdet's ConvModule (the FPN's and the head's convs have neither
+# norm nor, in the FPN, activation, so the wrapper holds nothing else). `retina_cls` / `retina_reg` are plain
+# convolutions in both. The backbone's own keys go through ORIGINAL_TO_HF_PVT.
+MMDET_RETINANET_TO_HF_PVT: list[tuple[str, str]] = [
+    (r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
+    (r"^bbox_head\.(cls_convs|reg_convs)\.(\d+)\.conv\.", r"bbox_head.\1.\2."),
+]
+# The tensors that make a checkpoint's neck and head a RetinaNet (and not, say, a Mask R-CNN or a segmenter).
+RETINANET_MARKERS = ("bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight")
 
 # Names inside a block that Transformers' ports changed; shared by both of their layouts.
 _TRANSFORMERS_BLOCK_NAMES: list[tuple[str, str]] = [

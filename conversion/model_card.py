@@ -1,7 +1,9 @@
 """Model cards (README.md with Hub metadata) for converted PVT folders.
 
-`render_card` fills `model_card_template.md` for one converted model. Run this module to regenerate the
-committed cards of the 11 released variants in `model_cards/` (a test checks they are up to date):
+`render_card` fills `model_card_template.md` for one converted classifier or backbone, and
+`model_card_detection_template.md` for a RetinaNet detector. Run this module to regenerate the committed cards
+of the 11 released classifiers and the 11 released RetinaNet detectors in `model_cards/` (a test checks they
+are up to date):
 
     python -m conversion.model_card [--output-dir model_cards]
 """
@@ -13,12 +15,16 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import torch
 import yaml
 
-from hf_pvt import HfPvtConfig
+from hf_pvt import HfPvtConfig, HfPvtForObjectDetection
 from hf_pvt.configuration_hf_pvt import PRESETS
 
+from .coco_labels import COCO_DETECTION_LABELS
+
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+DETECTION_TEMPLATE_PATH = Path(__file__).with_name("model_card_detection_template.md")
 REPO_ROOT_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 REPO_PLACEHOLDER = "<your-namespace>/{variant}"
 
@@ -133,6 +139,105 @@ def _dense_section(variant: str | None, config: HfPvtConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def detector_name(variant: str) -> str:
+    """The folder / card name of a released RetinaNet detector: `retinanet-pvt-v2-b2`."""
+    return f"retinanet-{variant}"
+
+
+def _detector_metadata(variant: str | None, config: HfPvtConfig, claims: bool) -> dict[str, Any]:
+    version_tag = "pvt-v2" if config.pvt_version == 2 else "pvt-v1"
+    metadata: dict[str, Any] = {
+        "license": "apache-2.0",
+        "library_name": "transformers",
+        "pipeline_tag": "object-detection",
+        "tags": [
+            "vision",
+            "object-detection",
+            "retinanet",
+            "pvt",
+            version_tag,
+            "hf_pvt",
+            "pyramid-vision-transformer",
+        ],
+    }
+    if claims:
+        metadata["datasets"] = ["coco"]
+    if claims and variant in RESULTS:
+        paper_name, paper_url = _PVTV2_PAPER if config.pvt_version == 2 else _PVT_PAPER
+        metadata["model-index"] = [
+            {
+                "name": detector_name(variant),
+                "results": [
+                    {
+                        "task": {"type": "object-detection", "name": "Object Detection"},
+                        "dataset": {"type": "coco", "name": "COCO 2017", "split": "validation"},
+                        "metrics": [{"type": "mAP", "name": "box AP", "value": RESULTS[variant]["box_ap"]}],
+                        "source": {"name": paper_name, "url": paper_url},
+                    }
+                ],
+            }
+        ]
+    return metadata
+
+
+def render_detector_card(
+    variant: str | None,
+    config: HfPvtConfig,
+    repo_id: str | None = None,
+    provenance: str | None = None,
+    num_parameters: int | None = None,
+) -> str:
+    """The README.md of a converted RetinaNet folder; `variant` and `provenance` as in `render_card`."""
+    claims = provenance is None and variant is not None
+    backbone = display_name(variant) if variant else "custom PVT"
+    if claims:
+        title = f"RetinaNet {display_name(variant)} (COCO)"
+    else:
+        title = f"RetinaNet with a {backbone} backbone"
+    repo_id = repo_id or REPO_PLACEHOLDER.format(variant=detector_name(variant or "pvt-custom"))
+    kind = "PVTv2" if config.pvt_version == 2 else "PVT"
+    trained = "trained on COCO 2017 (80 classes, 1x schedule)" if claims else f"with {config.num_labels} classes"
+    summary = (
+        f"{title}: the RetinaNet object detector of the {kind} paper, {trained}. A Pyramid Vision Transformer "
+        "backbone feeds an FPN (strides 8 to 128) and RetinaNet's shared classification and box-regression head."
+    )
+    if claims and variant in RESULTS:
+        results_section = (
+            "\n## Results\n\nCOCO val2017, RetinaNet 1x schedule (12 epochs), single scale 1333x800 (authors' "
+            f"numbers): **{RESULTS[variant]['box_ap']} box AP**.\n"
+        )
+    else:
+        results_section = ""
+    labels = [config.id2label.get(i) for i in range(config.num_labels)]
+    per_octave = config.anchor_scales_per_octave
+    fields = {
+        "metadata": yaml.safe_dump(_detector_metadata(variant, config, claims), sort_keys=False, width=1000).strip(),
+        "title": title,
+        "summary": summary,
+        "provenance": _provenance_paragraph(claims, provenance),
+        "backbone": f"{backbone}{' (linear SRA)' if config.linear_attention else ''}",
+        "hidden_sizes": ", ".join(map(str, config.hidden_sizes)),
+        "depths": ", ".join(map(str, config.depths)),
+        "num_attention_heads": ", ".join(map(str, config.num_attention_heads)),
+        "sr_ratios": "7x7 pooling + 1x1 conv in every stage"
+        if config.linear_attention
+        else ", ".join(map(str, config.sr_ratios)),
+        "fpn_width": config.decoder_hidden_size,
+        "num_convs": config.detection_num_convs,
+        "feat_width": config.detection_feat_channels,
+        "anchors": len(config.anchor_ratios) * config.anchor_scales_per_octave,
+        "anchor_scales": f"sides {config.anchor_octave_base_scale:g} x stride x 2^(k/{per_octave}), k < {per_octave}",
+        "anchor_ratios": ", ".join(f"{r:g}" for r in config.anchor_ratios),
+        "num_labels": config.num_labels,
+        "class_source": " (COCO)" if labels == list(COCO_DETECTION_LABELS) else "",
+        "parameters": f"{num_parameters / 1e6:.1f}M" if num_parameters is not None else "see config.json",
+        "results_section": results_section,
+        "repo_id": repo_id,
+        "citation": _CITATIONS[config.pvt_version],
+    }
+    return Template(DETECTION_TEMPLATE_PATH.read_text()).substitute(fields)
+
+
 def render_card(
     variant: str | None,
     config: HfPvtConfig,
@@ -147,6 +252,8 @@ def render_card(
     published results; otherwise it names where the weights came from, and the card claims no results.
     """
     architectures = config.architectures or ["HfPvtForImageClassification"]
+    if architectures[0] == "HfPvtForObjectDetection":
+        return render_detector_card(variant, config, repo_id, provenance, num_parameters)
     classification = architectures[0] == "HfPvtForImageClassification"
     claims = provenance is None and variant is not None
     if variant is None:
@@ -236,14 +343,38 @@ def render_variant_cards() -> dict[str, str]:
     return cards
 
 
+def released_detector_config(variant: str) -> HfPvtConfig:
+    """The configuration of the authors' RetinaNet on `variant` (SPEC §6): COCO's 80 classes, hf_pvt's RetinaNet
+    defaults (FPN and head of 256 channels, 4 convs per branch, 9 anchors)."""
+    id2label = dict(enumerate(COCO_DETECTION_LABELS))
+    return HfPvtConfig.from_preset(
+        variant,
+        architectures=["HfPvtForObjectDetection"],
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+
+
+def render_detector_cards() -> dict[str, str]:
+    """`{file name: card}` for the folders of the 11 released RetinaNet detectors."""
+    cards = {}
+    for variant in PRESETS:
+        config = released_detector_config(variant)
+        with torch.device("meta"):
+            num_parameters = sum(p.numel() for p in HfPvtForObjectDetection(config).parameters())
+        cards[f"{detector_name(variant)}.md"] = render_detector_card(variant, config, num_parameters=num_parameters)
+    return cards
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the model cards of the released variants.")
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT_CARDS)
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name, card in render_variant_cards().items():
+    cards = {**render_variant_cards(), **render_detector_cards()}
+    for name, card in cards.items():
         (args.output_dir / name).write_text(card)
-    print(f"wrote {len(PRESETS)} cards to {args.output_dir}")
+    print(f"wrote {len(cards)} cards to {args.output_dir}")
     return 0
 
 
