@@ -24,7 +24,8 @@ from transformers import AutoImageProcessor, AutoModelForObjectDetection
 import hf_pvt  # noqa: F401  (registers the Auto classes)
 from conversion import model_card
 from conversion.coco_labels import COCO_CATEGORY_IDS, COCO_DETECTION_LABELS
-from conversion.convert import convert, main
+from conversion.convert import build_config, convert, is_authors_retinanet, main
+from conversion.sources import Source
 from hf_pvt import HfPvtBackbone
 from hf_pvt.configuration_hf_pvt import PRESETS
 from tests.reference_pvt import VARIANTS
@@ -333,3 +334,34 @@ def test_detector_folder_runs_with_remote_code_alone(tmp_path):
     assert len(remote["scores"]) == len(expected["scores"]) > 0
     for key in ("boxes", "scores", "labels"):
         torch.testing.assert_close(remote[key], expected[key], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_released_detector_is_recognised(name):
+    """The tensor shapes of each of the 11 released RetinaNets (built on the meta device, no memory) give exactly
+    the released configuration, so their cards may state the published box AP."""
+    with torch.device("meta"):
+        reference = RetinaNetReference(VARIANTS[name], num_classes=80)
+    state_dict = reference.state_dict()
+    backbone = {key[len("backbone.") :]: value for key, value in state_dict.items() if key.startswith("backbone.")}
+    source = Source(
+        tensors=backbone,
+        origins={key: [key] for key in backbone},
+        layout="original",
+        detector={key: value for key, value in state_dict.items() if not key.startswith("backbone.")},
+    )
+    config, variant, task = build_config(source, variant=None, num_heads=None, task="auto")
+    assert (variant, task) == (name.replace("_", "-"), "detection")
+    assert is_authors_retinanet(config)
+    released = model_card.released_detector_config(variant)
+    assert config.to_diff_dict() == released.to_diff_dict()
+
+
+def test_mmdet_metadata_with_numpy_numbers_loads(tmp_path):
+    """mmcv records seeds and scores in `meta` as numpy scalars; weights-only loading allows exactly those."""
+    import numpy as np
+
+    checkpoint = mmdet_checkpoint(tiny_retinanet("v2-linear"))
+    checkpoint["meta"].update(seed=np.int64(42), hook_msgs={"best_score": np.float64(0.37)})
+    torch.save(checkpoint, tmp_path / "r.pth")
+    assert main([str(tmp_path / "r.pth"), str(tmp_path / "out"), "--num-heads", HEADS]) == 0
