@@ -248,13 +248,13 @@ def main(argv: list[str] | None = None) -> None:
         with open(os.path.join(args.output_dir, "all_results.json"), "w") as f:
             json.dump({"eval_accuracy": eval_accuracy, "eval_samples": eval_count, "steps": completed_steps}, f)
         if args.push_to_hub:
-            from huggingface_hub import HfApi
+            import hf_pvt
 
+            # One commit, a model card if there is none; offline or refused, a clear error and the folder kept.
             repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-            repo_id = HfApi().create_repo(repo_id, exist_ok=True).repo_id
-            HfApi().upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
+            hf_pvt.push_to_hub(
+                args.output_dir,
+                repo_id,
                 ignore_patterns=["step_*", "epoch_*"],
                 commit_message="Fine-tuned with run_image_classification_accelerate.py",
             )

@@ -55,6 +55,7 @@ _TASKS = (
     ("AutoModel", "image-feature-extraction"),
 )
 _ARCHITECTURE_FIELDS = ("pvt_version", "linear_attention", "hidden_sizes", "depths", "mlp_ratios")
+_PAPERS = {1: "https://arxiv.org/abs/2102.12122", 2: "https://arxiv.org/abs/2106.13797"}
 _CITATIONS = {
     1: "@inproceedings{wang2021pvt,\n  title = {Pyramid Vision Transformer: A Versatile Backbone for Dense "
     "Prediction without Convolutions},\n  author = {Wang, Wenhai and Xie, Enze and Li, Xiang and Fan, Deng-Ping "
@@ -239,7 +240,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> 
     auto_class, task = _auto_class_and_task(architecture)
     preset = _preset_name(backbone)
     version = backbone.get("pvt_version", 2)
-    family = "PVTv2" if version == 2 else "PVT"
+    family = "PVTv2" if version == 2 else "PVT v1"
     head = architecture or config.get("model_type")
     own_model = config.get("model_type") == HfPvtConfig.model_type
     repo = repo_id or f"path/to/{folder.resolve().name}"
@@ -272,7 +273,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> 
     imports = f"from transformers import {auto_class}" + (", pipeline" if has_processor else "")
     load = f'model = {auto_class}.from_pretrained("{repo}")'
     run = f'predict = pipeline("{task}", model="{repo}")' if has_processor else None
-    with_hf_pvt = ["import hf_pvt  # registers the hf_pvt backbone with the Auto classes", imports, "", load]
+    with_hf_pvt = ["import hf_pvt  # registers hf_pvt with the Auto classes", imports, "", load]
     without = [imports, "", load.replace('")', '", trust_remote_code=True)')]
     if run:
         with_hf_pvt.append(run)
@@ -291,9 +292,10 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> 
         "",
         f"# {title}",
         "",
-        f"{subject}, saved with [hf_pvt](https://github.com/whai362/PVT) for the Pyramid Vision Transformer "
-        "family. This card was written from the folder's files alone: it does not know what the model was "
-        "trained on or how well it does. Add the data, the training recipe and the results before relying on it.",
+        f"{subject}, saved with hf_pvt, the Pyramid Vision Transformer family ([PVT]({_PAPERS[1]}), "
+        f"[PVTv2]({_PAPERS[2]})) for Transformers. This card was written from the folder's files alone: it does "
+        "not know what the model was trained on or how well it does. Add the data, the training recipe and the "
+        "results before relying on it.",
         "",
         "## Model",
         "",
