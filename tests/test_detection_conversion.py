@@ -304,7 +304,6 @@ def test_coco_labels():
     assert named[1] == "person" and named[17] == "cat" and named[18] == "dog" and named[90] == "toothbrush"
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch and Transformers: about 10 s
 def test_detector_folder_runs_with_remote_code_alone(tmp_path):
     """Without hf_pvt installed, the folder's own code (modeling, image processing and the detection ops) loads
     through the Auto classes with trust_remote_code and detects what hf_pvt detects."""
