@@ -54,7 +54,15 @@ _TASKS = (
     ("AutoBackbone", "image-feature-extraction"),
     ("AutoModel", "image-feature-extraction"),
 )
-_ARCHITECTURE_FIELDS = ("pvt_version", "linear_attention", "hidden_sizes", "depths", "mlp_ratios")
+_ARCHITECTURE_FIELDS = (
+    "pvt_version",
+    "linear_attention",
+    "hidden_sizes",
+    "depths",
+    "mlp_ratios",
+    "num_attention_heads",
+    "sr_ratios",
+)
 _PAPERS = {1: "https://arxiv.org/abs/2102.12122", 2: "https://arxiv.org/abs/2106.13797"}
 _CITATIONS = {
     1: "@inproceedings{wang2021pvt,\n  title = {Pyramid Vision Transformer: A Versatile Backbone for Dense "
@@ -339,13 +347,12 @@ def _auto_class_and_task(architecture: str | None) -> tuple[str, str]:
 
 
 def _preset_name(backbone: dict[str, Any]) -> str | None:
-    """The released variant whose architecture `backbone` has (heads and sr ratios are shared by all of them)."""
-    reference = HfPvtConfig()
+    """The released variant whose architecture `backbone` (a configuration dict) has, if any."""
+    defaults = {field: getattr(HfPvtConfig(), field) for field in _ARCHITECTURE_FIELDS}
     for name, preset in PRESETS.items():
-        fields = {**{f: getattr(reference, f) for f in _ARCHITECTURE_FIELDS}, **preset}
-        if all(_same(backbone.get(f, getattr(reference, f)), fields[f]) for f in _ARCHITECTURE_FIELDS):
-            if backbone.get("num_attention_heads", [1, 2, 5, 8]) == [1, 2, 5, 8]:
-                return name
+        fields = {**defaults, **preset}
+        if all(_same(backbone.get(field, defaults[field]), fields[field]) for field in _ARCHITECTURE_FIELDS):
+            return name
     return None
 
 
