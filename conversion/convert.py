@@ -573,22 +573,18 @@ def verify_folder(folder: Path, conversion: Conversion, image: str | Path, repo_
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Upload `folder` as one commit to the model repo `repo_id`; network failures leave the folder in place."""
-    from huggingface_hub import HfApi
+    """Upload `folder` as one commit to the model repo `repo_id` (hf_pvt's shared push, which keeps the converter's
+    card); offline or failing uploads raise a ConversionError and leave the folder in place."""
+    from hf_pvt.sharing import HubUploadError
+    from hf_pvt.sharing import push_to_hub as push_folder
 
-    api = HfApi()
     try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=folder, repo_id=repo_id, repo_type="model", commit_message="Upload hf_pvt conversion"
-        )
-    except Exception as error:  # offline mode, refused connections, HTTP and auth errors all end here
+        return push_folder(folder, repo_id, private=private, commit_message="Upload hf_pvt conversion")
+    except (HubUploadError, ValueError, FileNotFoundError) as error:
         raise ConversionError(
-            f"Upload to {repo_id} failed ({first_line(error)}). "
-            f"The converted folder is intact at {folder}; check the network and `hf auth login`, then upload it "
-            f"with `hf upload {repo_id} {folder}`."
+            f"Upload to {repo_id} failed ({first_line(error)}). The converted folder is intact at {folder}; upload it "
+            f"later with `hf upload {repo_id} {folder}`."
         ) from error
-    return str(getattr(commit, "commit_url", commit))
 
 
 # ------------------------------------------------------------------------------------ argument checks
