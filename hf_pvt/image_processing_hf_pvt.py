@@ -47,9 +47,16 @@ class HfPvtImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         ADE20K convention: label 0 ("other") becomes 255 (ignored) and every other id k becomes k - 1. Maps
         with ids above 255 are rejected, since id 256 would become the ignore index.
+    do_horizontal_flip (`bool`, *optional*, defaults to `self.do_horizontal_flip`):
+        Mirror every image of the call left-right after resizing (with its segmentation map or boxes). A
+        training augmentation: draw the choice per image in the data pipeline and call once per image.
+    pad_size_divisor (`int`, *optional*, defaults to `self.pad_size_divisor`):
+        With `do_pad`, the padded height and width are rounded up to a multiple of it (mmdet's `size_divisor`).
     """
 
     do_reduce_labels: bool
+    do_horizontal_flip: bool
+    pad_size_divisor: int
 
 
 class HfPvtImageProcessor(PilBackend):
@@ -61,9 +68,14 @@ class HfPvtImageProcessor(PilBackend):
     mean/std. For dense prediction use [`~HfPvtImageProcessor.for_dense_prediction`] (or set
     `do_center_crop=False` and `size={"height": h, "width": w}`), which keeps the whole image.
 
+    For object detection use [`~HfPvtImageProcessor.for_object_detection`]: the RetinaNet transform of
+    the papers (mmdet): keep-ratio resize into 1333x800, bilinear, no crop, padding to a multiple of 32.
+
     `size` is `{"shortest_edge": n}` (aspect-preserving, long side `int(n * long / short)` as in
-    `torchvision.transforms.Resize(n)`) or `{"height": h, "width": w}`, with positive integers. An
-    int `size` means `shortest_edge`, as in torchvision.
+    `torchvision.transforms.Resize(n)`), `{"shortest_edge": s, "longest_edge": l}` (aspect-preserving,
+    scale `min(l / long, s / short)`, sides `int(side * scale + 0.5)` as in mmcv's keep-ratio `imrescale`;
+    Transformers' DETR rounds differently by up to a pixel) or `{"height": h, "width": w}`, with positive
+    integers. An int `size` means `shortest_edge`, as in torchvision.
 
     Inputs: PIL images, numpy arrays and torch tensors, channels first or last, with 1 (grayscale),
     3 (RGB) or 4 (RGBA, composited on white) channels, or 2-D grayscale; a single image, a list, or
@@ -77,7 +89,21 @@ class HfPvtImageProcessor(PilBackend):
     Segmentation maps (`segmentation_maps=`) hold class ids (arrays, tensors, PIL images in mode `L`,
     `P`, `I;16` or `I`, or paths to such files); they go through the same resize and crop as their
     image with nearest-neighbour resampling, are never rescaled or normalized, and come back as
-    `labels`. Pixels that a crop has to pad are set to 255 (ignored).
+    `labels`. Pixels that a crop or `do_pad` has to pad are set to 255 (ignored).
+
+    With `do_pad`, images are padded at the bottom and right with zeros (after normalization, as mmdet
+    does) to the batch's largest height and width rounded up to `pad_size_divisor` (or to `pad_size`
+    when given), and `pixel_mask` (int64, 1 = real pixel) comes back with `pixel_values`.
+
+    Detection annotations (`annotations=`, COCO detection format, one dict per image:
+    `{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id": int, "iscrowd": 0/1}, ...]}`)
+    come back as `labels`, one dict per image as Transformers' DETR processor gives them: `class_labels`
+    (n,) int64, `boxes` (n, 4) float32 normalized (center_x, center_y, width, height) relative to that
+    image's `pixel_values` (after padding), `image_id` (1,), `orig_size` and `size` (2,) = (height, width)
+    of the input image and of its `pixel_values`. As in DETR, crowd boxes (`iscrowd=1`) are left out, boxes
+    are clipped to the image and boxes left without area are dropped; negative widths/heights and other
+    malformed entries raise a ValueError. `category_id` is used as the class label as given: map sparse
+    ids (COCO's 1..90) to the model's contiguous 0..num_labels-1 before calling.
     """
 
     valid_kwargs = HfPvtImageProcessorKwargs
@@ -95,12 +121,16 @@ class HfPvtImageProcessor(PilBackend):
     image_std = IMAGENET_DEFAULT_STD
     do_convert_rgb = True
     do_reduce_labels = False
+    do_horizontal_flip = False
+    do_pad = False
+    pad_size_divisor = 32
 
     def __init__(self, **kwargs: Unpack[HfPvtImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
         _check_size(self.size)
         if self.crop_size is not None:
             _check_height_width(self.crop_size, "crop_size")
+        _check_padding(self.pad_size_divisor, self.pad_size)
 
     @classmethod
     def for_dense_prediction(cls, height: int = 512, width: int = 512, **kwargs: Any) -> "HfPvtImageProcessor":
@@ -110,24 +140,43 @@ class HfPvtImageProcessor(PilBackend):
         """
         return cls(size={"height": height, "width": width}, do_center_crop=False, **kwargs)
 
+    @classmethod
+    def for_object_detection(cls, **kwargs: Any) -> "HfPvtImageProcessor":
+        """The papers' RetinaNet transform (mmdet v2): keep-ratio resize so that the image fits 1333x800
+        (`{"shortest_edge": 800, "longest_edge": 1333}`, mmcv rounding), bilinear, no crop, ImageNet
+        normalization, zero padding to a multiple of 32 with `pixel_mask`. Keyword arguments override.
+        """
+        defaults = {
+            "size": {"shortest_edge": 800, "longest_edge": 1333},
+            "resample": PILImageResampling.BILINEAR,
+            "do_center_crop": False,
+            "do_pad": True,
+            "pad_size_divisor": 32,
+        }
+        return cls(**{**defaults, **kwargs})
+
     def __call__(
         self,
         images: ImageInput,
         segmentation_maps: ImageInput | None = None,
+        annotations: dict | list[dict] | None = None,
         **kwargs: Unpack[HfPvtImageProcessorKwargs],
     ) -> BatchFeature:
-        """Preprocess images (and optionally their segmentation maps); see the class docstring."""
-        return self.preprocess(images, segmentation_maps, **kwargs)
+        """Preprocess images (and optionally their segmentation maps or detection annotations); see the class
+        docstring."""
+        return self.preprocess(images, segmentation_maps, annotations, **kwargs)
 
     def preprocess(
         self,
         images: ImageInput,
         segmentation_maps: ImageInput | None = None,
+        annotations: dict | list[dict] | None = None,
         **kwargs: Unpack[HfPvtImageProcessorKwargs],
     ) -> BatchFeature:
-        """Returns `pixel_values` (B, 3, H, W) and, with `segmentation_maps`, int64 `labels` (B, H, W)."""
+        """Returns `pixel_values` (B, 3, H, W); `pixel_mask` (B, H, W) with `do_pad`; and `labels`: int64 maps
+        (B, H, W) with `segmentation_maps`, or one dict of box targets per image with `annotations`."""
         try:
-            return super().preprocess(images, segmentation_maps, **kwargs)
+            return super().preprocess(images, segmentation_maps, annotations, **kwargs)
         except StrictDataclassError as error:
             # Transformers' type check of the keyword arguments; its message names the argument.
             raise TypeError(str(error)) from None
@@ -144,6 +193,16 @@ class HfPvtImageProcessor(PilBackend):
             _check_size(size)
         if do_center_crop:
             _check_height_width(crop_size, "crop_size")
+        if kwargs.get("do_pad"):
+            _check_padding(kwargs.get("pad_size_divisor"), kwargs.get("pad_size"))
+        if kwargs.get("do_normalize"):
+            # A zero or non-finite std would turn every pixel into inf/NaN without a word.
+            try:
+                std = np.atleast_1d(np.asarray(kwargs.get("image_std"), dtype=np.float64))
+            except (TypeError, ValueError):
+                std = np.array([np.nan])
+            if not np.all(np.isfinite(std) & (std > 0)):
+                raise ValueError(f"image_std must hold positive finite values, got {kwargs.get('image_std')}.")
 
     # ----------------------------------------------------------------------------- inputs
 
@@ -227,6 +286,7 @@ class HfPvtImageProcessor(PilBackend):
         self,
         images: ImageInput,
         segmentation_maps: ImageInput | None,
+        annotations: dict | list[dict] | None,
         do_convert_rgb: bool,
         input_data_format: str | ChannelDimension | None,
         return_tensors: str | TensorType | None,
@@ -235,7 +295,21 @@ class HfPvtImageProcessor(PilBackend):
         images = self._prepare_image_like_inputs(
             images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format
         )
+        if segmentation_maps is not None and annotations is not None:
+            raise ValueError(
+                "Got both segmentation_maps and annotations: both come back as labels, so pass one of them."
+            )
+        targets = None
+        if annotations is not None:
+            if kwargs["do_center_crop"]:
+                raise ValueError(
+                    "Detection annotations need the whole image: set do_center_crop=False (for_object_detection() "
+                    "does), since a crop would cut boxes."
+                )
+            targets = _prepare_detection_targets(annotations, [image.shape[-2:] for image in images])
         data = {"pixel_values": self._preprocess(images, **kwargs)}
+        # Sizes after resize/flip/crop, before padding: boxes follow the resize, the mask marks these pixels.
+        sizes = [image.shape[-2:] for image in data["pixel_values"]]
 
         if segmentation_maps is not None:
             maps = [self._prepare_segmentation_map(m) for m in self._prepare_images_structure(segmentation_maps, 2)]
@@ -253,18 +327,38 @@ class HfPvtImageProcessor(PilBackend):
             if kwargs["do_reduce_labels"]:
                 maps = [self.reduce_label(m) for m in maps]
             map_kwargs = {**kwargs, "do_rescale": False, "do_normalize": False, "resample": PILImageResampling.NEAREST}
-            maps = self._preprocess(maps, fill=IGNORE_INDEX, **map_kwargs)
-            data["labels"] = [m[0].astype(np.int64) for m in maps]
+            data["labels"] = self._preprocess(maps, fill=IGNORE_INDEX, **map_kwargs)
+
+        if kwargs["do_pad"]:
+            padded = _padded_size(sizes, kwargs["pad_size_divisor"], kwargs["pad_size"])
+            data["pixel_values"], data["pixel_mask"] = self.pad(
+                data["pixel_values"], pad_size=SizeDict(height=padded[0], width=padded[1]), return_mask=True
+            )
+            if "labels" in data:
+                data["labels"] = self.pad(
+                    data["labels"], pad_size=SizeDict(height=padded[0], width=padded[1]), fill_value=IGNORE_INDEX
+                )
+        if "labels" in data:
+            data["labels"] = [m[0].astype(np.int64) for m in data["labels"]]
 
         if return_tensors is not None:
             for key, arrays in data.items():
                 if len({a.shape for a in arrays}) > 1:
                     raise ValueError(
                         f"The {key} of this batch have different sizes {sorted({a.shape for a in arrays})}, so they "
-                        'cannot be stacked: use a fixed size ({"height": h, "width": w}) or do_center_crop=True, '
-                        "or process the images one at a time."
+                        'cannot be stacked: use do_pad=True, a fixed size ({"height": h, "width": w}) or '
+                        "do_center_crop=True, or process the images one at a time."
                     )
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        features = BatchFeature(data=data, tensor_type=return_tensors)
+        if targets is not None:
+            features["labels"] = [
+                BatchFeature(
+                    _detection_labels(target, size, image.shape[-2:], kwargs["do_horizontal_flip"]),
+                    tensor_type=return_tensors,
+                )
+                for target, size, image in zip(targets, sizes, data["pixel_values"])
+            ]
+        return features
 
     # ----------------------------------------------------------------------------- transforms
 
@@ -281,6 +375,7 @@ class HfPvtImageProcessor(PilBackend):
         do_normalize: bool,
         image_mean: float | tuple[float, ...],
         image_std: float | tuple[float, ...],
+        do_horizontal_flip: bool = False,
         fill: int = 0,
         **kwargs: Any,
     ) -> list[np.ndarray]:
@@ -288,6 +383,8 @@ class HfPvtImageProcessor(PilBackend):
         for image in images:
             if do_resize:
                 image = self.resize(image, size, resample)
+            if do_horizontal_flip:  # after the resize, as mmdet's RandomFlip
+                image = np.ascontiguousarray(image[..., ::-1])
             if do_center_crop:
                 image = self.center_crop(image, crop_size, fill=fill)
             if do_rescale and image.dtype.kind != "f":  # float pixels are already in [0, 1]
@@ -304,17 +401,16 @@ class HfPvtImageProcessor(PilBackend):
         resample: PILImageResampling | int | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Resize a (C, H, W) array with PIL, as torchvision's `Resize` does on PIL images."""
+        """Resize a (C, H, W) array with PIL, as torchvision's `Resize` does on PIL images.
+
+        When enlarging (every COCO image under the detection preset), PIL's bilinear filter is mmcv/OpenCV's
+        half-pixel bilinear interpolation (8-bit results may round one level apart); when shrinking, PIL
+        antialiases where OpenCV samples.
+        """
         _check_size(size)
         resample = self.resample if resample is None else resample
         height, width = image.shape[-2:]
-        if size.shortest_edge:
-            # torchvision.transforms.Resize(n): the long side is truncated, not rounded.
-            short, long = sorted((height, width))
-            new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
-            new_height, new_width = (new_short, new_long) if height <= width else (new_long, new_short)
-        else:
-            new_height, new_width = size.height, size.width
+        new_height, new_width = resized_size(height, width, size)
         if (new_height, new_width) == (height, width):
             return image
         if image.dtype == np.uint8 and image.shape[0] in (1, 3):
@@ -409,8 +505,82 @@ class HfPvtImageProcessor(PilBackend):
                 results.append(segmentation)
         return results
 
+    def post_process_object_detection(
+        self,
+        outputs: Any,
+        threshold: float = 0.05,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        nms_pre: int = 1000,
+        iou_threshold: float = 0.5,
+        max_per_image: int = 100,
+    ) -> list[dict[str, "torch.Tensor"]]:
+        """RetinaNet outputs -> per image {"scores" (k,), "labels" (k,) int64, "boxes" (k, 4) (x1, y1, x2, y2)}.
+
+        mmdet v2.13's test procedure (`detection_hf_pvt.retinanet_postprocess`): per level the `nms_pre` best
+        anchors (<= 0: all), decoded and clipped to the image's valid region (`outputs.image_sizes`); then
+        (anchor, class) pairs scoring above `threshold`, class-wise NMS at `iou_threshold`, at most
+        `max_per_image` detections (<= 0: all), best first. Boxes are in pixels of the resized image, or, with
+        `target_sizes` (a list of (height, width) or a (B, 2) tensor, usually the original sizes), scaled by
+        `target / image_sizes` and clipped to the target. Boxes and scores are float32.
+
+        `outputs`: the model output (`HfPvtObjectDetectionOutput` or a dict with `logits`, `pred_box_deltas`,
+        `anchors`, `image_sizes`) or its `return_dict=False` tuple, with or without the leading losses.
+        """
+        import torch
+
+        from .detection_hf_pvt import retinanet_postprocess
+
+        for name, value in (("nms_pre", nms_pre), ("max_per_image", max_per_image)):
+            if not _is_int(value):
+                raise TypeError(f"{name} must be an integer (<= 0 keeps everything), got {value!r}.")
+        for name, value in (("threshold", threshold), ("iou_threshold", iou_threshold)):
+            if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+        logits, box_deltas, anchors, image_sizes = _detection_fields(outputs)
+        batch_size = len(logits[0])
+        sizes = _check_target_sizes(target_sizes, batch_size, "detections")
+        results = []
+        for index in range(batch_size):
+            valid_height, valid_width = (int(v) for v in image_sizes[index])
+            detections = retinanet_postprocess(
+                [level[index] for level in logits],
+                [level[index] for level in box_deltas],
+                list(anchors),
+                (valid_height, valid_width),
+                score_threshold=float(threshold),
+                nms_pre=nms_pre,
+                iou_threshold=float(iou_threshold),
+                max_per_image=max_per_image,
+            )
+            boxes = detections["boxes"]
+            if sizes is not None:
+                target_height, target_width = sizes[index]
+                scale = torch.tensor(
+                    [target_width / valid_width, target_height / valid_height] * 2, dtype=boxes.dtype
+                ).to(boxes.device)
+                limit = torch.tensor([target_width, target_height] * 2, dtype=boxes.dtype).to(boxes.device)
+                boxes = torch.minimum((boxes * scale).clamp(min=0), limit)
+            results.append({"scores": detections["scores"], "labels": detections["labels"], "boxes": boxes})
+        return results
+
 
 # --------------------------------------------------------------------------------- helpers
+
+
+def resized_size(height: int, width: int, size: SizeDict | dict) -> tuple[int, int]:
+    """The (height, width) that `resize` gives an image of (height, width) for `size`."""
+    size = size if isinstance(size, SizeDict) else SizeDict(**size)
+    if size.shortest_edge and size.longest_edge:
+        # mmcv.imrescale(keep_ratio=True): fit inside (longest, shortest), sides rounded half up. At least one
+        # pixel: an extreme aspect ratio could otherwise round a side to zero.
+        scale = min(size.longest_edge / max(height, width), size.shortest_edge / min(height, width))
+        return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
+    if size.shortest_edge:
+        # torchvision.transforms.Resize(n): the long side is truncated, not rounded.
+        short, long = sorted((height, width))
+        new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+    return size.height, size.width
 
 
 def _segmentation_output(data: dict) -> BatchFeature:
@@ -443,6 +613,46 @@ def _semantic_logits(outputs: Any) -> "torch.Tensor":
             f"width) (a ModelOutput, a dict with 'logits', or the return_dict=False tuple); got logits {found}."
         )
     return logits
+
+
+_DETECTION_FIELDS = ("logits", "pred_box_deltas", "anchors", "image_sizes")
+
+
+def _detection_fields(outputs: Any) -> tuple:
+    """(logits, pred_box_deltas, anchors, image_sizes) of a detection output, a dict or a return_dict=False tuple."""
+    if isinstance(outputs, dict):  # ModelOutput is a dict too
+        fields = [outputs.get(name) for name in _DETECTION_FIELDS]
+    elif isinstance(outputs, (tuple, list)):
+        items = list(outputs)
+        if items and is_torch_tensor(items[0]) and items[0].ndim == 0:
+            items = items[1:]  # the loss, when the model was given labels ...
+        if items and isinstance(items[0], dict):
+            items = items[1:]  # ... and the loss_dict after it
+        fields = (items + [None] * 4)[:4]
+    else:
+        fields = [getattr(outputs, name, None) for name in _DETECTION_FIELDS]
+    logits, box_deltas, anchors, image_sizes = fields
+    levels_ok = all(
+        isinstance(levels, (tuple, list)) and levels and all(is_torch_tensor(t) for t in levels)
+        for levels in (logits, box_deltas, anchors)
+    )
+    if not levels_ok or not is_torch_tensor(image_sizes):
+        missing = [name for name, value in zip(_DETECTION_FIELDS, fields) if value is None]
+        raise TypeError(
+            "outputs must be HfPvtForObjectDetection's output: per-level tuples logits, pred_box_deltas and anchors, "
+            "and image_sizes (batch, 2) (a ModelOutput, a dict, or the return_dict=False tuple)"
+            + (f"; missing {missing}." if missing else "; got other types.")
+        )
+    if not len(logits) == len(box_deltas) == len(anchors):
+        raise ValueError(
+            f"outputs hold {len(logits)} levels of logits, {len(box_deltas)} of pred_box_deltas and {len(anchors)} "
+            "of anchors: they must match."
+        )
+    if image_sizes.shape != (len(logits[0]), 2):
+        raise ValueError(
+            f"outputs.image_sizes must be (batch, 2) = ({len(logits[0])}, 2), got {tuple(image_sizes.shape)}."
+        )
+    return logits, box_deltas, anchors, image_sizes
 
 
 def _check_target_sizes(target_sizes: Any, batch_size: int, what: str) -> list[tuple[int, int]] | None:
@@ -511,8 +721,12 @@ def _tensor_to_numpy(tensor: "torch.Tensor") -> np.ndarray:
     return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
 
 
+def _is_int(value: Any, allow_bool: bool = False) -> bool:
+    return isinstance(value, (int, np.integer)) and (allow_bool or not isinstance(value, bool))
+
+
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    return _is_int(value) and value > 0
 
 
 def _is_positive_whole(value: Any) -> bool:
@@ -524,13 +738,41 @@ def _is_positive_whole(value: Any) -> bool:
 
 def _check_size(size: SizeDict | dict | None) -> None:
     size = dict(size) if size is not None else {}
-    if set(size) not in ({"shortest_edge"}, {"height", "width"}):
-        raise ValueError(f'size must be {{"shortest_edge": n}} or {{"height": h, "width": w}}, got {size}.')
+    if set(size) not in ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"height", "width"}):
+        raise ValueError(
+            f'size must be {{"shortest_edge": n}}, {{"shortest_edge": n, "longest_edge": m}} or {{"height": h, '
+            f'"width": w}}, got {size}.'
+        )
     if not all(_is_positive_int(v) for v in size.values()):
         raise ValueError(
             f'size must hold positive integers, got {size}: e.g. size={{"shortest_edge": 256}} or '
             'size={"height": 512, "width": 512}.'
         )
+    if "longest_edge" in size and size["longest_edge"] < size["shortest_edge"]:
+        raise ValueError(f"size['longest_edge'] must be at least size['shortest_edge'], got {size}.")
+
+
+def _check_padding(pad_size_divisor: Any, pad_size: SizeDict | dict | None) -> None:
+    if not _is_positive_int(pad_size_divisor):
+        raise ValueError(
+            f"pad_size_divisor must be a positive integer (1 pads to the batch's largest image), got "
+            f"{pad_size_divisor!r}."
+        )
+    if pad_size is not None:
+        _check_height_width(pad_size, "pad_size")
+
+
+def _padded_size(sizes: list[tuple[int, int]], divisor: int, pad_size: SizeDict | None) -> tuple[int, int]:
+    """The batch's canvas: `pad_size` as given, else the largest height and width rounded up to `divisor`."""
+    height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
+    if pad_size is not None:
+        if height > pad_size.height or width > pad_size.width:
+            raise ValueError(
+                f"pad_size {dict(pad_size)} is smaller than the batch's largest processed height and width "
+                f"({height}, {width}): raise pad_size, or leave it unset to pad to the batch's largest image."
+            )
+        return pad_size.height, pad_size.width
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
 
 
 def _check_height_width(size: SizeDict | dict | None, name: str) -> None:
@@ -540,6 +782,116 @@ def _check_height_width(size: SizeDict | dict | None, name: str) -> None:
             f'{name} must be {{"height": h, "width": w}} with positive integers (or one positive int for a square), '
             f"got {size}."
         )
+
+
+COCO_DETECTION_FORMAT = (
+    '{"image_id": int, "annotations": [{"bbox": [x, y, width, height], "category_id": int, "iscrowd": 0 or 1}, ...]}'
+)
+
+
+def _prepare_detection_targets(annotations: Any, image_sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """COCO detection annotations -> per image {"boxes": (n, 4) absolute xyxy float64, "class_labels", ...}.
+
+    As Transformers' DETR processor: crowd boxes are left out, boxes are clipped to the image and boxes
+    without area after clipping are dropped. Malformed entries raise, naming the entry.
+    """
+    if isinstance(annotations, dict):
+        annotations = [annotations]
+    if not isinstance(annotations, (list, tuple)):
+        raise TypeError(
+            f"annotations must be one dict per image in COCO detection format {COCO_DETECTION_FORMAT}, got "
+            f"{type(annotations).__name__}."
+        )
+    if len(annotations) != len(image_sizes):
+        raise ValueError(
+            f"Got {len(image_sizes)} images but {len(annotations)} annotations: pass one annotation dict per image "
+            "(an image without objects has an empty 'annotations' list)."
+        )
+    targets = []
+    for index, (annotation, (height, width)) in enumerate(zip(annotations, image_sizes)):
+        where = f"annotations[{index}]"
+        if (
+            not isinstance(annotation, dict)
+            or "image_id" not in annotation
+            or not isinstance(annotation.get("annotations"), (list, tuple))
+        ):
+            found = sorted(annotation) if isinstance(annotation, dict) else type(annotation).__name__
+            raise ValueError(f"{where} must be a dict in COCO detection format {COCO_DETECTION_FORMAT}, got {found}.")
+        image_id = annotation["image_id"]
+        if not _is_int(image_id):
+            raise TypeError(f"{where}['image_id'] must be an integer, got {image_id!r}.")
+        boxes, class_labels = [], []
+        for number, obj in enumerate(annotation["annotations"]):
+            entry = f"{where}['annotations'][{number}]"
+            if not isinstance(obj, dict) or "bbox" not in obj or "category_id" not in obj:
+                found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise ValueError(
+                    f"{entry} must be a dict with 'bbox' [x, y, width, height] and 'category_id', got {found}."
+                )
+            try:
+                bbox = np.asarray(obj["bbox"], dtype=np.float64)
+            except (TypeError, ValueError):
+                bbox = None
+            if bbox is None or bbox.shape != (4,) or not np.isfinite(bbox).all():
+                raise ValueError(
+                    f"{entry}['bbox'] must be 4 finite numbers [x, y, width, height], got {obj['bbox']!r}."
+                )
+            if bbox[2] < 0 or bbox[3] < 0:
+                raise ValueError(
+                    f"{entry}['bbox'] {obj['bbox']!r} has a negative width or height: COCO boxes are [x, y, width, "
+                    "height] with (x, y) the top-left corner; convert corner boxes [x1, y1, x2, y2] first."
+                )
+            category_id = obj["category_id"]
+            if not _is_int(category_id) or category_id < 0:
+                raise ValueError(f"{entry}['category_id'] must be a non-negative integer, got {category_id!r}.")
+            iscrowd = obj.get("iscrowd", 0)
+            if not _is_int(iscrowd, allow_bool=True) or iscrowd not in (0, 1):
+                raise ValueError(f"{entry}['iscrowd'] must be 0 or 1, got {iscrowd!r}.")
+            if iscrowd:
+                continue  # crowd regions are not instances to detect (DETR and mmdet leave them out)
+            boxes.append([bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]])
+            class_labels.append(int(category_id))
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        targets.append(
+            {
+                "boxes": boxes[keep],
+                "class_labels": np.asarray(class_labels, dtype=np.int64).reshape(-1)[keep],
+                "image_id": np.asarray([image_id], dtype=np.int64),
+                "orig_size": np.asarray([height, width], dtype=np.int64),
+            }
+        )
+    return targets
+
+
+def _detection_labels(
+    target: dict[str, Any], image_size: tuple[int, int], canvas_size: tuple[int, int], flipped: bool
+) -> dict[str, np.ndarray]:
+    """Absolute boxes of the input image -> normalized (cx, cy, w, h) on the processed, padded image."""
+    (height, width), (new_height, new_width) = target["orig_size"].tolist(), image_size
+    scale_x, scale_y = new_width / width, new_height / height
+    boxes = target["boxes"] * np.array([scale_x, scale_y, scale_x, scale_y])
+    if flipped:  # mmdet's bbox_flip: x1' = W - x2, x2' = W - x1
+        boxes = np.stack([new_width - boxes[:, 2], boxes[:, 1], new_width - boxes[:, 0], boxes[:, 3]], axis=-1)
+    canvas_height, canvas_width = canvas_size
+    center_size = np.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2 / canvas_width,
+            (boxes[:, 1] + boxes[:, 3]) / 2 / canvas_height,
+            (boxes[:, 2] - boxes[:, 0]) / canvas_width,
+            (boxes[:, 3] - boxes[:, 1]) / canvas_height,
+        ],
+        axis=-1,
+    ).reshape(-1, 4)
+    return {
+        "class_labels": target["class_labels"],
+        "boxes": center_size.astype(np.float32),
+        "image_id": target["image_id"],
+        "orig_size": target["orig_size"],
+        "size": np.asarray(canvas_size, dtype=np.int64),
+    }
 
 
 def _check_pixel_array(

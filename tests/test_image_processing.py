@@ -3,7 +3,6 @@
 import ast
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -493,26 +492,42 @@ def test_save_and_load_round_trip(tmp_path, coco):
 
 
 def test_file_is_self_contained_for_remote_code(tmp_path, coco):
-    # The standard library and Transformers' own dependencies; nothing of hf_pvt.
+    # The standard library and Transformers' own dependencies, plus the detection ops beside it (a relative
+    # import, which save_pretrained and trust_remote_code carry along); nothing else of hf_pvt.
     allowed = {"transformers", "huggingface_hub", "numpy", "PIL", "torch", "typing", "io", "os", "urllib", "base64"}
     allowed.add("binascii")
     source = Path(image_processing_module.__file__).read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and node.module.split(".")[0] in allowed
+            if node.level:
+                assert node.level == 1 and node.module == "detection_hf_pvt"
+            else:
+                assert node.module.split(".")[0] in allowed
         elif isinstance(node, ast.Import):
             assert all(alias.name.split(".")[0] in allowed for alias in node.names)
 
-    # A Hub-style folder holding the file alone: import it the way trust_remote_code does. (Auto
+    # A Hub-style folder as save_pretrained writes it: import it the way trust_remote_code does. (Auto
     # classes would pick the registered local class here, since importing hf_pvt registers it.)
     folder = tmp_path / "hub_folder"
-    folder.mkdir()
-    shutil.copy(image_processing_module.__file__, folder / "image_processing_hf_pvt.py")
-    HfPvtImageProcessor().save_pretrained(folder)
+    HfPvtImageProcessor.for_object_detection().save_pretrained(folder)
+    assert {"image_processing_hf_pvt.py", "detection_hf_pvt.py"} <= {f.name for f in folder.iterdir()}
     remote_class = get_class_from_dynamic_module("image_processing_hf_pvt.HfPvtImageProcessor", folder)
     assert remote_class is not HfPvtImageProcessor and not remote_class.__module__.startswith("hf_pvt")
     remote = remote_class.from_pretrained(folder)
-    np.testing.assert_array_equal(pixels(remote, coco), pixels(HfPvtImageProcessor(), coco))
+    local = HfPvtImageProcessor.for_object_detection()
+    np.testing.assert_array_equal(pixels(remote, coco), pixels(local, coco))
+    np.testing.assert_array_equal(pixels(remote, coco, do_center_crop=True), pixels(local, coco, do_center_crop=True))
+    # Post-processing runs on the folder's copy of the detection ops.
+    generator = torch.Generator().manual_seed(0)
+    outputs = {
+        "logits": (torch.randn(1, 2 * 3, 4, 4, generator=generator),),
+        "pred_box_deltas": (torch.randn(1, 2 * 4, 4, 4, generator=generator) / 10,),
+        "anchors": (torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 16.0, 8.0]]).repeat(16, 1) + 4,),
+        "image_sizes": torch.tensor([[32, 32]]),
+    }
+    (a,) = remote.post_process_object_detection(outputs, 0.3, target_sizes=[(64, 48)])
+    (b,) = local.post_process_object_detection(outputs, 0.3, target_sizes=[(64, 48)])
+    assert len(a["scores"]) > 0 and all(torch.equal(a[key], b[key]) for key in ("scores", "labels", "boxes"))
 
 
 # ------------------------------------------------------------------------------------ errors
