@@ -201,6 +201,111 @@ class HfPvtAttention(nn.Module):
         return self.proj_dropout(attn_output), attn_weights
 
 
+def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype CPU autocast would compute a linear or convolution of `tensor` in (its own dtype without autocast)."""
+    if torch.is_autocast_enabled("cpu") and tensor.is_floating_point():
+        return torch.get_autocast_dtype("cpu")
+    return tensor.dtype
+
+
+class _CpuMlpFunction(torch.autograd.Function):
+    """The MLP of a training step on CPU, fc1 -> [ReLU] -> [depthwise conv] -> GELU -> fc2, with its own backward.
+
+    Plain autograd keeps three or four inner activations (4-8x the width) per block alive until backward and
+    allocates three more there: on CPU each is a fresh buffer of tens of MB, and faulting its pages in costs about
+    as much as a matmul over it. Here only fc1's output is kept; the conv and GELU outputs are recomputed in backward
+    (elementwise-cheap), and everything after fc1 runs on cache-sized chunks of rows (v1) or of whole images (v2,
+    whose 3x3 conv needs the neighbouring rows), so the temporaries are small reused blocks and the GELU backward
+    runs in place on data still in cache. The arithmetic is autograd's; only the order in which the weight
+    gradients sum over chunks differs.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, hidden_states, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, mlp, height, width
+    ):  # fmt: skip
+        # Autocast does not reach into a Function's body: cast as it would, linears and convolutions with inputs.
+        dtype = _autocast_dtype(hidden_states)
+        ctx.mlp, ctx.dtype, ctx.size = mlp, dtype, (height, width)
+        batch_size, num_tokens, channels = hidden_states.shape
+        with torch.autocast("cpu", enabled=False):
+            inputs = hidden_states.to(dtype).reshape(-1, channels)
+            inner = F.linear(inputs, fc1_weight.to(dtype), fc1_bias.to(dtype))
+            if mlp.relu is not None:
+                inner.relu_()
+            fc2_weight_t, fc2_bias = fc2_weight.to(dtype).t(), fc2_bias.to(dtype)
+            output = inputs.new_empty(batch_size, num_tokens, channels)
+            flat_output = output.view(-1, channels)
+            for rows in mlp._chunk_rows(batch_size, num_tokens, inner.shape[1], dtype):
+                pre_activation = mlp._pre_activation(inner[rows], height, width, dw_weight, dw_bias, dtype)
+                # v1's GELU input is the kept fc1 output itself; v2's is the conv's fresh output, free to overwrite.
+                activated = F.gelu(pre_activation) if mlp.dwconv is None else torch.ops.aten.gelu_(pre_activation)
+                torch.addmm(fc2_bias, activated, fc2_weight_t, out=flat_output[rows])
+        ctx.save_for_backward(hidden_states, inner, fc1_weight, dw_weight, dw_bias, fc2_weight)
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        hidden_states, inner, fc1_weight, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
+        mlp, dtype, (height, width) = ctx.mlp, ctx.dtype, ctx.size
+        needs = ctx.needs_input_grad
+        batch_size, num_tokens, channels = hidden_states.shape
+        inner_size = inner.shape[1]
+        with torch.autocast("cpu", enabled=False):
+            inputs = hidden_states.to(dtype).reshape(-1, channels)
+            grads = grad_output.to(dtype).reshape(-1, channels)
+            fc1_weight_c, fc2_weight_c = fc1_weight.to(dtype), fc2_weight.to(dtype)
+            grad_inputs = torch.empty_like(inputs) if needs[0] else None
+            # Weight gradients accumulate in the parameters' dtype (float32 under bf16 autocast).
+            grad_fc1_weight = torch.zeros_like(fc1_weight) if needs[1] else None
+            grad_fc1_bias = fc1_weight.new_zeros(inner_size) if needs[2] else None
+            grad_dw_weight = torch.zeros_like(dw_weight) if needs[3] else None
+            grad_dw_bias = torch.zeros_like(dw_bias) if needs[4] else None
+            grad_fc2_weight = torch.zeros_like(fc2_weight) if needs[5] else None
+            for rows in mlp._chunk_rows(batch_size, num_tokens, inner_size, dtype):
+                grad_chunk, kept = grads[rows], inner[rows]
+                pre_activation = mlp._pre_activation(kept, height, width, dw_weight, dw_bias, dtype)
+                if needs[5]:
+                    _add_product(grad_fc2_weight, grad_chunk.t(), F.gelu(pre_activation))
+                grad_inner = grad_chunk @ fc2_weight_c
+                torch.ops.aten.gelu_backward.grad_input(grad_inner, pre_activation, grad_input=grad_inner)
+                if mlp.dwconv is not None:
+                    grad_map, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                        tokens_to_map(grad_inner.view(-1, num_tokens, inner_size), height, width),
+                        tokens_to_map(kept.view(-1, num_tokens, inner_size), height, width),
+                        dw_weight.to(dtype), [inner_size], [1, 1], [1, 1], [1, 1], False, [0, 0], inner_size,
+                        [True, needs[3], needs[4]],
+                    )  # fmt: skip
+                    grad_inner = grad_map.permute(0, 2, 3, 1).reshape(-1, inner_size)
+                    if needs[3]:
+                        grad_dw_weight.add_(grad_weight)
+                    if needs[4]:
+                        grad_dw_bias.add_(grad_bias)
+                if mlp.relu is not None:  # ReLU's backward reads its output, which is what was kept
+                    grad_inner = torch.ops.aten.threshold_backward(grad_inner, kept, 0)
+                if needs[1]:
+                    _add_product(grad_fc1_weight, grad_inner.t(), inputs[rows])
+                if needs[2]:
+                    grad_fc1_bias.add_(grad_inner.sum(0))
+                if needs[0]:
+                    torch.mm(grad_inner, fc1_weight_c, out=grad_inputs[rows])
+            grad_fc2_bias = grads.sum(0).to(fc2_weight.dtype) if needs[6] else None
+        grad_hidden = grad_inputs.view(hidden_states.shape).to(hidden_states.dtype) if needs[0] else None
+        return (
+            grad_hidden, grad_fc1_weight, grad_fc1_bias, grad_dw_weight, grad_dw_bias, grad_fc2_weight, grad_fc2_bias,
+            None, None, None,
+        )  # fmt: skip
+
+
+def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """total += left @ right, fused where the dtypes agree (a bf16 product adds into a float32 total)."""
+    if total.dtype == left.dtype:
+        total.addmm_(left, right)
+    else:
+        total.add_(left @ right)
+
+
 class HfPvtMlp(nn.Module):
     """fc1 -> GELU -> fc2; v2 adds a depthwise 3x3 convolution before the GELU (and a ReLU before it, linear)."""
 
@@ -227,12 +332,17 @@ class HfPvtMlp(nn.Module):
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch_size, num_tokens, channels = hidden_states.shape
         token_bytes = self.fc1.out_features * hidden_states.element_size()
-        if (
-            hidden_states.device.type != "cpu"
-            or hidden_states.requires_grad
-            or torch.compiler.is_compiling()
-            or batch_size * num_tokens * token_bytes <= self.cpu_chunk_bytes
-        ):
+        if hidden_states.device.type != "cpu" or torch.compiler.is_compiling():
+            return self._forward(hidden_states, height, width)
+        if hidden_states.requires_grad and torch.is_grad_enabled():
+            if self._fused_backward_applies(hidden_states):
+                dwconv = self.dwconv
+                return _CpuMlpFunction.apply(
+                    hidden_states, self.fc1.weight, self.fc1.bias, dwconv.weight if dwconv is not None else None,
+                    dwconv.bias if dwconv is not None else None, self.fc2.weight, self.fc2.bias, self, height, width,
+                )  # fmt: skip
+            return self._forward(hidden_states, height, width)
+        if batch_size * num_tokens * token_bytes <= self.cpu_chunk_bytes:
             return self._forward(hidden_states, height, width)
         # On CPU the inner activations (4-8x the width) of a large batch or image spill out of the caches, and past
         # glibc's 32 MB mmap threshold every call faults in fresh pages; in chunks they stay cache-resident, and the
@@ -257,6 +367,37 @@ class HfPvtMlp(nn.Module):
             images.append(torch.cat(bands, dim=1).flatten(1, 2))
         return torch.cat(images)
 
+    def _fused_backward_applies(self, hidden_states: torch.Tensor) -> bool:
+        """Whether `_CpuMlpFunction` computes exactly what this module's own ops would: GELU and no active dropout,
+        not under torch.func transforms (whose wrapped tensors a hand-written backward cannot see through)."""
+        return (
+            self.inplace_act is not None
+            and (self.dropout.p == 0 or not self.training)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(hidden_states)
+        )
+
+    def _chunk_rows(self, batch_size: int, num_tokens: int, inner_size: int, dtype: torch.dtype) -> list[slice]:
+        """Rows of the flattened `(batch * tokens, inner)` activations, a cache-sized chunk each: any rows for v1,
+        whole images for v2 (whose depthwise conv reads the neighbouring rows)."""
+        row_bytes = inner_size * dtype.itemsize
+        step = max(1, self.cpu_chunk_bytes // row_bytes)
+        if self.dwconv is not None:
+            step = num_tokens * max(1, step // num_tokens)
+        total = batch_size * num_tokens
+        return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+
+    def _pre_activation(
+        self, inner: torch.Tensor, height: int, width: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:  # fmt: skip
+        """The GELU input for rows of fc1's (ReLU'd) output: the rows themselves (v1) or v2's depthwise conv of
+        them, computed in `dtype`, as `(rows, inner)`."""
+        if self.dwconv is None:
+            return inner
+        feature_map = tokens_to_map(inner.view(-1, height * width, inner.shape[1]), height, width)
+        convolved = F.conv2d(feature_map, weight.to(dtype), bias.to(dtype), padding=1, groups=inner.shape[1])
+        return convolved.permute(0, 2, 3, 1).reshape(inner.shape)
+
     def _forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         hidden_states = self.fc1(hidden_states)
         if self.relu is not None:
@@ -268,6 +409,15 @@ class HfPvtMlp(nn.Module):
         else:
             hidden_states = self.act(hidden_states)
         return self.dropout(self.fc2(self.dropout(hidden_states)))
+
+
+def add_residual(branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """branch + residual, written into `branch` (a fresh tensor that no backward saved) where that is free. Not
+    when autograd records a view: a linear's 3-d output is a view of its 2-d result, and an in-place write into a
+    view makes backward rebuild the whole base (zeros, as_strided, copies), costlier than a new tensor."""
+    if branch.requires_grad and torch.is_grad_enabled() and branch._is_view():
+        return branch + residual
+    return branch.add_(residual)
 
 
 class HfPvtBlock(GradientCheckpointingLayer):
@@ -285,10 +435,9 @@ class HfPvtBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int, **kwargs) -> torch.Tensor:
         attn_output, _ = self.attn(self.norm1(hidden_states), height, width, **kwargs)
-        # The residual sums go into the branch outputs in place: fresh tensors that no backward saved.
-        hidden_states = drop_path(attn_output, self.drop_path, self.training).add_(hidden_states)
+        hidden_states = add_residual(drop_path(attn_output, self.drop_path, self.training), hidden_states)
         mlp_output = self.mlp(self.norm2(hidden_states), height, width)
-        return drop_path(mlp_output, self.drop_path, self.training).add_(hidden_states)
+        return add_residual(drop_path(mlp_output, self.drop_path, self.training), hidden_states)
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}"

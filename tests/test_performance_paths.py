@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config, tiny_reference, to_hf_pvt_state_dict
 
 from conversion.layouts import ORIGINAL_TO_HF_PVT, rename_key
-from hf_pvt.modeling_hf_pvt import HfPvtForImageClassification, HfPvtMlp, tokens_to_map
+from hf_pvt.modeling_hf_pvt import HfPvtForImageClassification, HfPvtMlp, _CpuMlpFunction, tokens_to_map
 
 
 def _model_and_reference(member: str) -> tuple[HfPvtForImageClassification, torch.nn.Module]:
@@ -96,3 +96,68 @@ def test_torch_export_matches_eager(member):
     other = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(other).logits, reference(other), atol=1e-5, rtol=1e-5)
+
+
+def _step_gradients(model, pixel_values, dtype=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    pixel_values = pixel_values.clone().requires_grad_()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        logits = model(pixel_values).logits
+    logits.float().square().sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads, pixel_values.grad
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_fused_training_mlp_gives_autograd_outputs_and_gradients(member, dtype, monkeypatch):
+    """The hand-written MLP backward of CPU training (chunks of rows or images, recomputed conv and GELU) against
+    the MLP's own modules under autograd: outputs, every parameter gradient and the input gradient."""
+    torch.manual_seed(0)
+    model = HfPvtForImageClassification(tiny_config(member)).train()
+    pixel_values = torch.randn(3, 3, 64, 48)
+    # Small chunks, so that the weight gradients really sum over several chunks (one image each for v2).
+    monkeypatch.setattr(HfPvtMlp, "cpu_chunk_bytes", 3000)
+    calls = []
+    apply = _CpuMlpFunction.apply
+    monkeypatch.setattr(_CpuMlpFunction, "apply", lambda *args: calls.append(1) or apply(*args))
+    fused = _step_gradients(model, pixel_values, dtype)
+    assert len(calls) == sum(tiny_config(member).depths)
+    monkeypatch.setattr(HfPvtMlp, "_fused_backward_applies", lambda self, hidden_states: False)
+    plain = _step_gradients(model, pixel_values, dtype)
+    assert len(calls) == sum(tiny_config(member).depths)
+    tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype is None else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(fused[0], plain[0], **tolerance)
+    torch.testing.assert_close(fused[2], plain[2], **tolerance)
+    assert fused[1].keys() == plain[1].keys()
+    for name, grad in plain[1].items():
+        assert fused[1][name].dtype == grad.dtype, name
+        torch.testing.assert_close(fused[1][name], grad, **tolerance, msg=name)
+
+
+def test_fused_training_mlp_skips_frozen_weights(monkeypatch):
+    """Frozen MLP weights get no gradient; the trainable ones still get autograd's."""
+    torch.manual_seed(0)
+    model = HfPvtForImageClassification(tiny_config("v2-linear")).train()
+    for name, parameter in model.named_parameters():
+        if ".mlp.fc1." in name or ".mlp.dwconv.weight" in name:
+            parameter.requires_grad_(False)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    _, fused, fused_input = _step_gradients(model, pixel_values)
+    monkeypatch.setattr(HfPvtMlp, "_fused_backward_applies", lambda self, hidden_states: False)
+    _, plain, plain_input = _step_gradients(model, pixel_values)
+    assert not any(".mlp.fc1." in name or ".mlp.dwconv.weight" in name for name in fused)
+    torch.testing.assert_close(fused_input, plain_input, atol=1e-5, rtol=1e-4)
+    for name, grad in plain.items():
+        torch.testing.assert_close(fused[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_training_mlp_stays_off_where_it_would_differ():
+    """Dropout inside the MLP or another activation take the modules' own path."""
+    hidden_states = torch.randn(2, 16, 16, requires_grad=True)
+    for overrides in ({"hidden_dropout_prob": 0.1}, {"hidden_act": "relu"}):
+        mlp = HfPvtMlp(tiny_config("v2", **overrides), 16, 2).train()
+        assert "CpuMlpFunction" not in mlp(hidden_states, 4, 4).grad_fn.name()
+    mlp = HfPvtMlp(tiny_config("v2"), 16, 2).train()
+    assert "CpuMlpFunction" in mlp(hidden_states, 4, 4).grad_fn.name()
+    with torch.no_grad():
+        assert mlp(hidden_states, 4, 4).grad_fn is None
