@@ -27,6 +27,7 @@ from .modeling_hf_pvt import (
     HfPvtObjectDetectionOutput,
     HfPvtPreTrainedModel,
 )
+from .onnx_export import export_onnx
 from .sharing import HubUploadError, make_hub_ready, push_to_hub, save_for_hub
 
 __version__ = "0.1.0"
@@ -69,6 +70,7 @@ __all__ = [
     "HfPvtObjectDetectionOutput",
     "HfPvtPreTrainedModel",
     "HubUploadError",
+    "export_onnx",
     "make_hub_ready",
     "push_to_hub",
     "save_for_hub",

@@ -99,6 +99,45 @@ def tokens_to_map(hidden_states: torch.Tensor, height: int, width: int) -> torch
     return hidden_states.unflatten(1, (height, width)).permute(0, 3, 1, 2)
 
 
+def conv_to_tokens(conv: nn.Conv2d, feature_map: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """`conv(feature_map)` as `(B, H'*W', C_out)` tokens, with its output height and width.
+
+    A convolution whose kernel equals its stride (the spatial reductions, v1's patch embeddings) cuts the map
+    into disjoint patches, so for CPU inference it runs as one matmul over the gathered patches: faster than the
+    convolution kernel for these shapes, and at batch 1 the gather costs less than the channels-last copy of the
+    weight that the convolution makes on every call. Same products, summed in another order. Under autograd the
+    gather's backward (a scatter) eats the gain, so training keeps `conv`, as do other devices and traced graphs
+    (whose backends fuse their own convolutions).
+    """
+    kernel = conv.kernel_size[0]
+    if (
+        feature_map.device.type != "cpu"
+        or (torch.is_grad_enabled() and (feature_map.requires_grad or conv.weight.requires_grad))
+        or conv.kernel_size != (kernel, kernel)
+        or conv.stride != conv.kernel_size
+        or conv.padding != (0, 0)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    ):
+        output = conv(feature_map)
+        return output.flatten(2).transpose(1, 2), output.shape[-2], output.shape[-1]
+    batch_size, channels, height, width = feature_map.shape
+    if height % kernel or width % kernel:  # the convolution drops the rows and columns left over
+        feature_map = feature_map[:, :, : height - height % kernel, : width - width % kernel]
+    height, width = height // kernel, width // kernel
+    if feature_map.is_contiguous():  # (C, kh, kw) patches: the weight's own layout
+        patches = feature_map.reshape(batch_size, channels, height, kernel, width, kernel).permute(0, 2, 4, 1, 3, 5)
+        weight = conv.weight.reshape(conv.out_channels, -1)
+    else:  # channels-last token maps: (kh, kw, C) patches, whose rows are contiguous runs of the tokens
+        patches = feature_map.permute(0, 2, 3, 1).reshape(batch_size, height, kernel, width, kernel, channels)
+        patches = patches.permute(0, 1, 3, 2, 4, 5)
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+    tokens = F.linear(patches.reshape(batch_size * height * width, weight.shape[1]), weight, conv.bias)
+    return tokens.view(batch_size, height * width, conv.out_channels), height, width
+
+
 class HfPvtPatchEmbedding(nn.Module):
     """A strided convolution (overlapping in v2) followed by a LayerNorm over channels."""
 
@@ -110,9 +149,8 @@ class HfPvtPatchEmbedding(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=config.embedding_layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        embeddings = self.proj(pixel_values)
-        height, width = embeddings.shape[-2:]
-        return self.norm(embeddings.flatten(2).transpose(1, 2)), height, width
+        embeddings, height, width = conv_to_tokens(self.proj, pixel_values)
+        return self.norm(embeddings), height, width
 
 
 def eager_attention_forward(
@@ -174,7 +212,7 @@ class HfPvtAttention(nn.Module):
             feature_map = tokens_to_map(hidden_states, height, width)
             if self.pool_size is not None:
                 feature_map = adaptive_avg_pool2d(feature_map, self.pool_size)
-            reduced = self.norm(self.sr(feature_map).flatten(2).transpose(1, 2))
+            reduced = self.norm(conv_to_tokens(self.sr, feature_map)[0])
             if self.act is not None:
                 reduced = self.act(reduced)
         # (B, N', 2C) -> K and V as (B, heads, N', head_dim) views of one projection, no copies.

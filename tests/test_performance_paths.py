@@ -7,7 +7,13 @@ import torch
 from conftest import tiny_config, tiny_reference, to_hf_pvt_state_dict
 
 from conversion.layouts import ORIGINAL_TO_HF_PVT, rename_key
-from hf_pvt.modeling_hf_pvt import HfPvtForImageClassification, HfPvtMlp, _CpuMlpFunction, tokens_to_map
+from hf_pvt.modeling_hf_pvt import (
+    HfPvtForImageClassification,
+    HfPvtMlp,
+    _CpuMlpFunction,
+    conv_to_tokens,
+    tokens_to_map,
+)
 
 
 def _model_and_reference(member: str) -> tuple[HfPvtForImageClassification, torch.nn.Module]:
@@ -27,6 +33,33 @@ def test_tokens_to_map_is_a_view_that_convolutions_accept():
     assert back.is_contiguous()
     expected = conv(tokens.transpose(1, 2).reshape(2, 8, 6, 5).contiguous()).flatten(2).transpose(1, 2)
     torch.testing.assert_close(back, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("kernel, size", [(4, (17, 10)), (2, (6, 7)), (1, (3, 5)), (8, (8, 8))])
+def test_patch_matmul_gives_the_convolution(layout, kernel, size):
+    """Kernel == stride convolutions in inference, as a matmul over patches (leftover rows and columns dropped, as
+    the conv does); under autograd the convolution itself."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel, stride=kernel)
+    feature_map = torch.randn(2, 6, *size)
+    if layout == "channels-last":
+        feature_map = tokens_to_map(feature_map.flatten(2).transpose(1, 2).contiguous(), *size)
+    with torch.no_grad():
+        expected = conv(feature_map)
+        tokens, height, width = conv_to_tokens(conv, feature_map)
+    assert (height, width) == expected.shape[-2:] and tokens.is_contiguous()
+    torch.testing.assert_close(tokens, expected.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    tokens, _, _ = conv_to_tokens(conv, feature_map)
+    assert "Convolution" in tokens.grad_fn.next_functions[0][0].next_functions[0][0].name()
+
+
+def test_other_convolutions_keep_the_convolution():
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    feature_map = torch.randn(1, 3, 9, 9)
+    tokens, height, width = conv_to_tokens(conv, feature_map)
+    torch.testing.assert_close(tokens, conv(feature_map).flatten(2).transpose(1, 2), atol=0, rtol=0)
+    assert (height, width) == (5, 5)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3000])
