@@ -551,6 +551,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     history, losses, metrics, steps_this_run = [], [], None, 0
     progress = tqdm(total=max_steps, initial=completed_steps, disable=not accelerator.is_local_main_process)
+
+    def log(line: str) -> None:  # once, above the progress bar (tqdm.write prints on every process)
+        if accelerator.is_main_process:
+            progress.write(line)
+
     epoch = start_epoch
     while completed_steps < max_steps:
         model.train()
@@ -578,11 +583,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loss_cls, loss_bbox = (outputs.loss_dict[k].item() for k in ("loss_cls", "loss_bbox"))
             progress.set_postfix(epoch=epoch, loss_cls=f"{loss_cls:.4f}", loss_bbox=f"{loss_bbox:.4f}")
             if completed_steps % args.logging_steps == 0 or completed_steps in (1, max_steps):
+                # Logged and recorded: the mean over all processes' batches (the bar shows this process's).
+                both = torch.stack([outputs.loss_dict["loss_cls"], outputs.loss_dict["loss_bbox"]]).detach().float()
+                loss_cls, loss_bbox = accelerator.reduce(both, reduction="mean").tolist()
                 losses.append({"step": completed_steps, "loss_cls": loss_cls, "loss_bbox": loss_bbox})
                 lr = scheduler.get_last_lr()[0]
-                progress.write(
-                    f"step {completed_steps}: loss_cls {loss_cls:.4f} loss_bbox {loss_bbox:.4f} lr {lr:.2e}"
-                )
+                log(f"step {completed_steps}: loss_cls {loss_cls:.4f} loss_bbox {loss_bbox:.4f} lr {lr:.2e}")
             if (
                 args.checkpointing_steps not in (None, "epoch")
                 and completed_steps % int(args.checkpointing_steps) == 0
@@ -596,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.eval_every_epochs and epoch_done and (epoch + 1) % args.eval_every_epochs == 0:
             metrics = run_eval()
             history.append({"epoch": epoch, "step": completed_steps, **metrics})
-            progress.write(f"epoch {epoch}: box AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")
+            log(f"epoch {epoch}: box AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f}")
         epoch += 1
     progress.close()
     if not history or history[-1]["step"] != completed_steps:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +237,44 @@ def test_resume_from_a_step_checkpoint_reproduces_an_uninterrupted_run(shapes_di
     assert results["steps"] == 4 and results["steps_this_run"] == 2
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_score_every_image_once(fitted, shapes_dir, tmp_path):
+    """Two CPU processes (torchrun) fine-tune the fitted detector a little further and evaluate 15 images: 8 + 7,
+    the last batch evened out with a repeat. Their gathered AP equals one process's AP of the saved folder."""
+    instances = json.loads((shapes_dir / "annotations" / "instances_val.json").read_text())
+    kept = {image["id"] for image in instances["images"][:15]}
+    instances["images"] = instances["images"][:15]
+    instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] in kept]
+    (tmp_path / "val15.json").write_text(json.dumps(instances))
+    detector_dir, _ = fitted
+    output_dir = tmp_path / "two_processes"
+    args = [
+        "--data_dir", str(shapes_dir), "--train_split", "train", "--eval_annotations", str(tmp_path / "val15.json"),
+        "--eval_images", str(shapes_dir / "val"), "--min_size", "128", "--max_size", "160", "--num_workers", "0",
+        "--cpu", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "1",
+        "--learning_rate", "1e-5", "--eval_every_epochs", "0",
+    ]  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    command = [*launcher, str(free_port()), str(SCRIPT), *args, "--model", str(detector_dir)]
+    command += ["--output_dir", str(output_dir)]
+    result = subprocess.run([*command, "--max_train_steps", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("final: AP") == 1  # printed by the main process only
+    gathered = json.loads((output_dir / "eval_results.json").read_text())
+    assert gathered["steps"] == 2
+    assert gathered["AP"] >= 0.25  # the fitted detector, barely moved: a score that depends on every image
+
+    single = load_example().main(
+        [*args, "--model", str(output_dir), "--output_dir", str(tmp_path / "single"), "--num_train_epochs", "0"]
+    )
+    assert single["steps"] == 0
+    assert single["AP"] == pytest.approx(gathered["AP"], abs=1e-6)
+    assert single["AP50"] == pytest.approx(gathered["AP50"], abs=1e-6)
