@@ -13,11 +13,15 @@ The recipe defaults are the papers' (MMDetection v2 `retinanet_pvt_*_fpn_1x_coco
 per device (the papers trained on 8 GPUs, 16 images per step). Evaluation is COCO box AP computed by pycocotools
 (`pip install hf_pvt[examples]`).
 
-Accelerate runs it on any number of processes or GPUs (add `--cpu` for several CPU processes), with mixed
-precision, gradient accumulation, checkpoints (`--checkpointing_steps`) and resume (`--resume_from_checkpoint`):
+Accelerate runs it on any number of processes or GPUs, with mixed precision, gradient accumulation, checkpoints
+(`--checkpointing_steps`) and resume (`--resume_from_checkpoint`):
 
     accelerate launch --num_processes 8 examples/run_object_detection.py --data_dir coco --model pvt-v2-b0-cls \\
         --output_dir retinanet-pvt-v2-b0-coco --checkpointing_steps epoch
+
+Several CPU processes start with torchrun and the script's `--cpu` (`accelerate launch --cpu` runs one process):
+
+    torchrun --nproc_per_node 2 examples/run_object_detection.py --cpu --data_dir coco ...
 
 `--model` is a preset name (random weights, from scratch; `--config_overrides` changes its fields) or a folder or
 Hub id saved by `save_pretrained`: an ImageNet classifier (converted with `hf-pvt-convert`) loads into the encoder
@@ -626,10 +630,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (args.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
         config = accelerator.unwrap_model(model).config
         write_model_card(args.output_dir, args, config, metrics, len(train_set), len(eval_set), completed_steps)
-        if args.push_to_hub:
-            accelerator.print(f"pushed: {push_folder(args.output_dir, args.push_to_hub)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # After the last barrier: a failed upload (offline, no credentials) stops only the main process, with the
+    # saved folder intact and the command to upload it later.
+    if args.push_to_hub and accelerator.is_main_process:
+        print(f"pushed: {push_folder(args.output_dir, args.push_to_hub)}")
     return results
 
 

@@ -278,3 +278,42 @@ def test_two_processes_score_every_image_once(fitted, shapes_dir, tmp_path):
     assert single["steps"] == 0
     assert single["AP"] == pytest.approx(gathered["AP"], abs=1e-6)
     assert single["AP50"] == pytest.approx(gathered["AP50"], abs=1e-6)
+
+
+def test_push_to_hub_offline_fails_clearly_and_keeps_the_folder(shapes_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    import hf_pvt
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the value that is_offline_mode() returns.
+    monkeypatch.setattr(sys.modules[huggingface_hub.is_offline_mode.__module__], "HF_HUB_OFFLINE", True)
+    output_dir = tmp_path / "not_pushed"
+    with pytest.raises(hf_pvt.HubUploadError, match="HF_HUB_OFFLINE is set"):
+        load_example().main(
+            [*common_args(shapes_dir, output_dir), "--max_train_steps", "1", "--eval_every_epochs", "0",
+             "--push_to_hub", "someone/pvt-shapes-detector"]
+        )  # fmt: skip
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json"):
+        assert (output_dir / name).is_file(), name
+
+
+def test_clear_errors(shapes_dir, tmp_path):
+    example = load_example()
+    args = common_args(shapes_dir, tmp_path / "out")
+    with pytest.raises(ValueError, match="neither a folder, a Hub id nor a preset"):
+        example.main([*args, "--model", "pvt-v9"])
+    with pytest.raises(ValueError, match="applies only to presets"):
+        example.main([*args, "--model", str(shapes_dir)])
+    with pytest.raises(ValueError, match="No train data: pass --data_dir"):
+        example.main(["--output_dir", str(tmp_path / "out")])
+    # An evaluation set with a category the training set does not define cannot be scored.
+    instances = json.loads((shapes_dir / "annotations" / "instances_val.json").read_text())
+    instances["categories"].append({"id": 9, "name": "triangle"})
+    (tmp_path / "val.json").write_text(json.dumps(instances))
+    eval_files = ["--eval_annotations", str(tmp_path / "val.json"), "--eval_images", str(shapes_dir / "val")]
+    with pytest.raises(ValueError, match=r"Category ids \[9\] of the evaluation set"):
+        example.main([*args, *eval_files])
+    with pytest.raises(FileNotFoundError, match="No COCO annotation file"):
+        example.main([*args, "--eval_annotations", str(tmp_path / "missing.json"), *eval_files[2:]])
+    with pytest.raises(SystemExit):  # argparse: --checkpointing_steps must be a number or 'epoch'
+        example.parse_args([*args, "--checkpointing_steps", "often"])
