@@ -133,9 +133,24 @@ def conv_to_tokens(conv: nn.Conv2d, feature_map: torch.Tensor) -> tuple[torch.Te
     else:  # channels-last token maps: (kh, kw, C) patches, whose rows are contiguous runs of the tokens
         patches = feature_map.permute(0, 2, 3, 1).reshape(batch_size, height, kernel, width, kernel, channels)
         patches = patches.permute(0, 1, 3, 2, 4, 5)
-        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+        weight = _token_order_weight(conv)
     tokens = F.linear(patches.reshape(batch_size * height * width, weight.shape[1]), weight, conv.bias)
     return tokens.view(batch_size, height * width, conv.out_channels), height, width
+
+
+def _token_order_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """`conv.weight` as `(out, kh * kw * in)`, the order of patches gathered from channels-last token maps. The
+    permute is a copy of the weight, which at batch 1 costs more than the patch gather (6 of 130 ms of a pvt-small
+    forward), so the copy is kept on the module until the weight changes: another tensor, or an in-place write,
+    which bumps its version. The strong references keep a replaced weight's memory from being reused meanwhile."""
+    weight = conv.weight
+    cached = conv.__dict__.get("_hf_pvt_token_order_weight")
+    if cached is None or cached[0] is not weight or cached[1] != (weight.data_ptr(), weight._version):
+        with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+            flat = weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+        cached = (weight, (weight.data_ptr(), weight._version), weight.untyped_storage(), flat)
+        conv.__dict__["_hf_pvt_token_order_weight"] = cached
+    return cached[3]
 
 
 class HfPvtPatchEmbedding(nn.Module):
@@ -347,7 +362,8 @@ def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
 class HfPvtMlp(nn.Module):
     """fc1 -> GELU -> fc2; v2 adds a depthwise 3x3 convolution before the GELU (and a ReLU before it, linear)."""
 
-    cpu_chunk_bytes = 8 * 2**20
+    cpu_chunk_bytes = 8 * 2**20  # training (see _CpuMlpFunction)
+    cpu_inference_chunk_bytes = 2 * 2**20  # measured best of 1-8 MB for batch 1 and 8 on a 2-core EPYC
 
     def __init__(self, config: HfPvtConfig, hidden_size: int, mlp_ratio: float):
         super().__init__()
@@ -368,42 +384,73 @@ class HfPvtMlp(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        batch_size, num_tokens, channels = hidden_states.shape
-        token_bytes = self.fc1.out_features * hidden_states.element_size()
         if hidden_states.device.type != "cpu" or torch.compiler.is_compiling():
             return self._forward(hidden_states, height, width)
-        if hidden_states.requires_grad and torch.is_grad_enabled():
-            if self._fused_backward_applies(hidden_states):
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or self.fc1.weight.requires_grad):
+            if hidden_states.requires_grad and self._fused_backward_applies(hidden_states):
                 dwconv = self.dwconv
                 return _CpuMlpFunction.apply(
                     hidden_states, self.fc1.weight, self.fc1.bias, dwconv.weight if dwconv is not None else None,
                     dwconv.bias if dwconv is not None else None, self.fc2.weight, self.fc2.bias, self, height, width,
                 )  # fmt: skip
             return self._forward(hidden_states, height, width)
-        if batch_size * num_tokens * token_bytes <= self.cpu_chunk_bytes:
+        if self.inplace_act is None or torch.is_autocast_enabled("cpu") or (self.training and self.dropout.p > 0):
             return self._forward(hidden_states, height, width)
-        # On CPU the inner activations (4-8x the width) of a large batch or image spill out of the caches, and past
-        # glibc's 32 MB mmap threshold every call faults in fresh pages; in chunks they stay cache-resident, and the
-        # peak memory of a 1024x1024 image drops by the size of two of them. Exact: the MLP is per token, except for
-        # the 3x3 depthwise conv, which gets one halo row on each side of a band of rows. Compiled graphs fuse these
-        # passes instead, so they skip this.
-        if self.dwconv is None:  # token-wise (this also covers v1's cls token)
-            chunks = hidden_states.reshape(1, -1, channels).split(max(1, self.cpu_chunk_bytes // token_bytes), dim=1)
-            return torch.cat([self._forward(chunk, 0, 0) for chunk in chunks], dim=1).view_as(hidden_states)
-        rows = max(1, self.cpu_chunk_bytes // (width * token_bytes))
-        if rows >= height:  # whole images per chunk
-            chunks = hidden_states.split(rows // height)
-            return torch.cat([self._forward(chunk, height, width) for chunk in chunks])
-        images = []
-        for image in hidden_states.unflatten(1, (height, width)).split(1):
-            bands = []
-            for top in range(0, height, rows):
-                bottom = min(top + rows, height)
-                start, stop = max(top - 1, 0), min(bottom + 1, height)
-                band = self._forward(image[:, start:stop].flatten(1, 2), stop - start, width)
-                bands.append(band.unflatten(1, (stop - start, width))[:, top - start : bottom - start])
-            images.append(torch.cat(bands, dim=1).flatten(1, 2))
-        return torch.cat(images)
+        return self._cpu_inference_forward(hidden_states, height, width)
+
+    def _cpu_inference_forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The MLP without autograd on CPU, in cache-sized chunks of rows that all reuse one fc1 buffer and write
+        fc2's rows straight into the output. The inner activations (4-8x the width) are the model's largest
+        tensors: allocated per call, each would be fresh memory whose page faults cost as much as the matmul
+        filling it (measured: a third of a batch-8 forward's MLP time), and in one piece they spill out of the
+        caches. Exact: the MLP is per token, except for the 3x3 depthwise conv, which gets whole images or bands of
+        rows with one halo row on each side."""
+        batch_size, num_tokens, channels = hidden_states.shape
+        inputs = hidden_states.reshape(-1, channels)
+        output = torch.empty_like(inputs)
+        chunks = self._inference_chunks(batch_size, num_tokens, height, width, hidden_states.element_size())
+        buffer = inputs.new_empty(max(chunk[0].stop - chunk[0].start for chunk in chunks), self.fc1.out_features)
+        fc1_weight_t, fc2_weight_t = self.fc1.weight.t(), self.fc2.weight.t()
+        for input_rows, output_rows, band_height, kept_rows in chunks:
+            inner = torch.addmm(
+                self.fc1.bias, inputs[input_rows], fc1_weight_t, out=buffer[: input_rows.stop - input_rows.start]
+            )
+            if self.relu is not None:
+                inner.relu_()
+            if self.dwconv is not None:
+                images = tokens_to_map(inner.view(-1, band_height * width, inner.shape[1]), band_height, width)
+                inner = self.dwconv(images).permute(0, 2, 3, 1).reshape(-1, inner.shape[1])[kept_rows]
+            self.inplace_act(inner)
+            torch.addmm(self.fc2.bias, inner, fc2_weight_t, out=output[output_rows])
+        return output.view_as(hidden_states)
+
+    def _inference_chunks(
+        self, batch_size: int, num_tokens: int, height: int, width: int, element_size: int
+    ) -> list[tuple[slice, slice, int, slice]]:
+        """`(input rows, output rows, band height, kept rows of the band)` per chunk of the flattened tokens: any
+        rows (v1, cls token included), whole images (v2), or for v2 images larger than a chunk, bands of image rows
+        read with one halo row above and below, of which only the band's own rows are kept."""
+        total = batch_size * num_tokens
+        step = max(1, self.cpu_inference_chunk_bytes // (self.fc1.out_features * element_size))
+        if self.dwconv is None:
+            return [(slice(i, min(i + step, total)), slice(i, min(i + step, total)), 0, slice(None)) for i in
+                    range(0, total, step)]  # fmt: skip
+        if step >= num_tokens:
+            step = num_tokens * (step // num_tokens)
+            return [(slice(i, min(i + step, total)), slice(i, min(i + step, total)), height, slice(None)) for i in
+                    range(0, total, step)]  # fmt: skip
+        band_rows, chunks = max(1, step // width), []
+        for image_start in range(0, total, num_tokens):
+            for top in range(0, height, band_rows):
+                bottom = min(top + band_rows, height)
+                first, last = max(top - 1, 0), min(bottom + 1, height)
+                chunks.append((
+                    slice(image_start + first * width, image_start + last * width),
+                    slice(image_start + top * width, image_start + bottom * width),
+                    last - first,
+                    slice((top - first) * width, (bottom - first) * width),
+                ))  # fmt: skip
+        return chunks
 
     def _fused_backward_applies(self, hidden_states: torch.Tensor) -> bool:
         """Whether `_CpuMlpFunction` computes exactly what this module's own ops would: GELU and no active dropout,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import tiny_config, tiny_reference, to_hf_pvt_state_dict
@@ -62,29 +64,53 @@ def test_other_convolutions_keep_the_convolution():
     assert (height, width) == (5, 5)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3000])
+@pytest.mark.parametrize("chunk_bytes", [1, 3000, 2**30])
 def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkeypatch):
-    """Force the MLP into small chunks (the path of large CPU batches and images): single tokens (v1) or bands of
-    one or a few rows with halo rows for the depthwise conv (v2); the result must stay the reference's."""
+    """The MLP of CPU inference runs on chunks that share one fc1 buffer: single tokens (v1) or bands of one or a
+    few image rows with halo rows for the depthwise conv (v2), or everything in one chunk; the result must stay the
+    reference's, and the modules' own path must not be taken."""
     model, reference = _model_and_reference(member)
     pixel_values = torch.randn(2, 3, 40, 36)
-    calls = []
-    original = HfPvtMlp._forward
+    chunk_counts, plain_calls = [], []
+    chunks, plain = HfPvtMlp._inference_chunks, HfPvtMlp._forward
 
-    def counting_forward(self, hidden_states, height, width):
-        calls.append(hidden_states.shape[0])
-        return original(self, hidden_states, height, width)
+    def counting_chunks(*args):
+        result = chunks(*args)
+        chunk_counts.append(len(result))
+        return result
 
-    monkeypatch.setattr(HfPvtMlp, "_forward", counting_forward)
-    monkeypatch.setattr(HfPvtMlp, "cpu_chunk_bytes", chunk_bytes)
+    monkeypatch.setattr(HfPvtMlp, "_inference_chunks", counting_chunks)
+    monkeypatch.setattr(HfPvtMlp, "_forward", lambda *args: plain_calls.append(1) or plain(*args))
+    monkeypatch.setattr(HfPvtMlp, "cpu_inference_chunk_bytes", chunk_bytes)
     with torch.inference_mode():
         logits = model(pixel_values).logits
         features = model.pvt(pixel_values).feature_maps
-    assert 1 in calls, "the large stages should have run their MLP on chunks of a single image"
+    assert not plain_calls and chunk_counts
+    assert (max(chunk_counts) > 1) == (chunk_bytes < 2**30)
     with torch.no_grad():
         torch.testing.assert_close(logits, reference(pixel_values), atol=1e-5, rtol=1e-5)
         for ours, theirs in zip(features, reference.forward_stages(pixel_values)):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_chunks_cover_every_row_once():
+    """Output rows tile the tokens exactly; every band reads its rows plus one halo row on each inner side."""
+    for member in ("v1", "v2"):
+        mlp = HfPvtMlp(tiny_config(member), 8, 4)
+        for chunk_bytes in (1, 200, 700, 5000, 2**30):
+            mlp.cpu_inference_chunk_bytes = chunk_bytes
+            chunks = mlp._inference_chunks(3, 7 * 5, 7, 5, 4)
+            covered = [row for _, output_rows, _, _ in chunks for row in range(output_rows.start, output_rows.stop)]
+            assert covered == list(range(3 * 7 * 5))
+            for input_rows, output_rows, band_height, kept in chunks:
+                if member == "v1":
+                    assert input_rows == output_rows
+                    continue
+                assert (input_rows.stop - input_rows.start) % (band_height * 5) == 0
+                assert input_rows.start + (kept.start or 0) == output_rows.start
+                image_start = output_rows.start - output_rows.start % 35
+                top = (output_rows.start - image_start) // 5
+                assert input_rows.start == image_start + max(top - 1, 0) * 5
 
 
 def test_training_path_gives_the_reference_gradients(member):
@@ -194,3 +220,36 @@ def test_fused_training_mlp_stays_off_where_it_would_differ():
     assert "CpuMlpFunction" in mlp(hidden_states, 4, 4).grad_fn.name()
     with torch.no_grad():
         assert mlp(hidden_states, 4, 4).grad_fn is None
+
+
+def test_patch_matmul_weight_copy_follows_the_weight():
+    """The token-order copy of a spatial-reduction weight is reused across calls, and renewed when the weight is
+    written in place, replaced, or the module copied and changed; it never appears in the state dict."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 2, stride=2)
+    feature_map = tokens_to_map(torch.randn(2, 16, 6), 4, 4)
+
+    def check(module):
+        with torch.inference_mode():
+            tokens, _, _ = conv_to_tokens(module, feature_map)
+            expected = module(feature_map).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+    check(conv)
+    first = conv.__dict__["_hf_pvt_token_order_weight"][3]
+    check(conv)
+    assert conv.__dict__["_hf_pvt_token_order_weight"][3] is first
+    with torch.no_grad():
+        conv.weight.mul_(-2)
+    check(conv)
+    conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))
+    check(conv)
+    copied = copy.deepcopy(conv)
+    with torch.no_grad():
+        copied.weight.add_(1)
+    check(copied)
+    check(conv)
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    # Made in inference mode, the copy is still a normal tensor: usable under no_grad and with autograd on.
+    with torch.no_grad():
+        torch.testing.assert_close(conv_to_tokens(conv, feature_map)[0], conv(feature_map).flatten(2).transpose(1, 2))
