@@ -394,7 +394,12 @@ class HfPvtMlp(nn.Module):
                     dwconv.bias if dwconv is not None else None, self.fc2.weight, self.fc2.bias, self, height, width,
                 )  # fmt: skip
             return self._forward(hidden_states, height, width)
-        if self.inplace_act is None or torch.is_autocast_enabled("cpu") or (self.training and self.dropout.p > 0):
+        if (
+            self.inplace_act is None
+            or torch.is_autocast_enabled("cpu")
+            or (self.training and self.dropout.p > 0)
+            or hidden_states.numel() == 0
+        ):
             return self._forward(hidden_states, height, width)
         return self._cpu_inference_forward(hidden_states, height, width)
 
