@@ -128,7 +128,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _step_fn(model, case: dict, pixel_values):
+def step_fn(model, case: dict, pixel_values):
     """The callable measured: an inference forward, or a training step (forward + backward)."""
     import torch
 
@@ -204,7 +204,7 @@ def worker_memory(case: dict, impl: str) -> dict:
 
     model = _prepare(impl, case)
     pixel_values = torch.randn(case["batch"], 3, case["size"], case["size"], device=case["device"])
-    step = _step_fn(model, case, pixel_values)
+    step = step_fn(model, case, pixel_values)
     gc.collect()
     if case["device"] == "cuda":
         torch.cuda.synchronize()
@@ -251,7 +251,7 @@ def worker_timing(case: dict, impls: list[str], warmup: int, iterations: int, on
                 steps[impl] = lambda session=session, inputs=inputs: session.run(None, inputs)
             else:
                 models[impl] = _prepare(impl, case)
-                steps[impl] = _step_fn(models[impl], case, pixel_values)
+                steps[impl] = step_fn(models[impl], case, pixel_values)
             start = time.perf_counter()
             for _ in range(warmup):
                 steps[impl]()

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.benchmark import step_fn  # noqa: E402
 from hf_pvt import HfPvtConfig, HfPvtForImageClassification  # noqa: E402
 
 # Operator name fragments -> the family a row of the summary counts them in (first match wins).
@@ -40,33 +41,12 @@ def family(name: str) -> str:
     return "other"
 
 
-def step_fn(model: torch.nn.Module, mode: str, batch: int, precision: str):
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    pixel_values = torch.randn(batch, 3, 224, 224)
-    if mode == "train":
-        model.train()
-        labels = torch.randint(0, 1000, (batch,))
-
-        def step():
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                logits = model(pixel_values).logits
-            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
-            model.zero_grad(set_to_none=True)
-
-        return step
-    model.eval()
-
-    def step():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            model(pixel_values)
-
-    return step
-
-
 def profile(preset: str, mode: str, batch: int, precision: str, rows: int, steps: int) -> None:
     torch.manual_seed(0)
     model = HfPvtForImageClassification(HfPvtConfig.from_preset(preset, num_labels=1000))
-    step = step_fn(model, mode, batch, precision)
+    # The benchmark's own step (train: forward + cross-entropy + backward; infer: inference-mode forward).
+    case = {"device": "cpu", "mode": mode, "precision": precision}
+    step = step_fn(model, case, torch.randn(batch, 3, 224, 224))
     for _ in range(2):
         step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:

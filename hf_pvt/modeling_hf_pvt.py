@@ -289,7 +289,7 @@ class _CpuMlpFunction(torch.autograd.Function):
             fc2_weight_t, fc2_bias = fc2_weight.to(dtype).t(), fc2_bias.to(dtype)
             output = inputs.new_empty(batch_size, num_tokens, channels)
             flat_output = output.view(-1, channels)
-            for rows in mlp._chunk_rows(batch_size, num_tokens, inner.shape[1], dtype):
+            for rows in mlp._chunk_rows(batch_size, num_tokens, inner.shape[1], dtype, mlp.cpu_chunk_bytes):
                 pre_activation = mlp._pre_activation(inner[rows], height, width, dw_weight, dw_bias, dtype)
                 # v1's GELU input is the kept fc1 output itself; v2's is the conv's fresh output, free to overwrite.
                 activated = F.gelu(pre_activation) if mlp.dwconv is None else torch.ops.aten.gelu_(pre_activation)
@@ -316,7 +316,7 @@ class _CpuMlpFunction(torch.autograd.Function):
             grad_dw_weight = torch.zeros_like(dw_weight) if needs[3] else None
             grad_dw_bias = torch.zeros_like(dw_bias) if needs[4] else None
             grad_fc2_weight = torch.zeros_like(fc2_weight) if needs[5] else None
-            for rows in mlp._chunk_rows(batch_size, num_tokens, inner_size, dtype):
+            for rows in mlp._chunk_rows(batch_size, num_tokens, inner_size, dtype, mlp.cpu_chunk_bytes):
                 grad_chunk, kept = grads[rows], inner[rows]
                 pre_activation = mlp._pre_activation(kept, height, width, dw_weight, dw_bias, dtype)
                 if needs[5]:
@@ -413,7 +413,7 @@ class HfPvtMlp(nn.Module):
         batch_size, num_tokens, channels = hidden_states.shape
         inputs = hidden_states.reshape(-1, channels)
         output = torch.empty_like(inputs)
-        chunks = self._inference_chunks(batch_size, num_tokens, height, width, hidden_states.element_size())
+        chunks = self._inference_chunks(batch_size, num_tokens, height, width, hidden_states.dtype)
         buffer = inputs.new_empty(max(chunk[0].stop - chunk[0].start for chunk in chunks), self.fc1.out_features)
         fc1_weight_t, fc2_weight_t = self.fc1.weight.t(), self.fc2.weight.t()
         for input_rows, output_rows, band_height, kept_rows in chunks:
@@ -430,22 +430,18 @@ class HfPvtMlp(nn.Module):
         return output.view_as(hidden_states)
 
     def _inference_chunks(
-        self, batch_size: int, num_tokens: int, height: int, width: int, element_size: int
+        self, batch_size: int, num_tokens: int, height: int, width: int, dtype: torch.dtype
     ) -> list[tuple[slice, slice, int, slice]]:
         """`(input rows, output rows, band height, kept rows of the band)` per chunk of the flattened tokens: any
         rows (v1, cls token included), whole images (v2), or for v2 images larger than a chunk, bands of image rows
         read with one halo row above and below, of which only the band's own rows are kept."""
-        total = batch_size * num_tokens
-        step = max(1, self.cpu_inference_chunk_bytes // (self.fc1.out_features * element_size))
-        if self.dwconv is None:
-            return [(slice(i, min(i + step, total)), slice(i, min(i + step, total)), 0, slice(None)) for i in
-                    range(0, total, step)]  # fmt: skip
-        if step >= num_tokens:
-            step = num_tokens * (step // num_tokens)
-            return [(slice(i, min(i + step, total)), slice(i, min(i + step, total)), height, slice(None)) for i in
-                    range(0, total, step)]  # fmt: skip
+        inner_size, chunk_bytes = self.fc1.out_features, self.cpu_inference_chunk_bytes
+        step = max(1, chunk_bytes // (inner_size * dtype.itemsize))
+        if self.dwconv is None or step >= num_tokens:
+            rows = self._chunk_rows(batch_size, num_tokens, inner_size, dtype, chunk_bytes)
+            return [(chunk, chunk, height, slice(None)) for chunk in rows]
         band_rows, chunks = max(1, step // width), []
-        for image_start in range(0, total, num_tokens):
+        for image_start in range(0, batch_size * num_tokens, num_tokens):
             for top in range(0, height, band_rows):
                 bottom = min(top + band_rows, height)
                 first, last = max(top - 1, 0), min(bottom + 1, height)
@@ -466,11 +462,12 @@ class HfPvtMlp(nn.Module):
             and not torch._C._functorch.is_functorch_wrapped_tensor(hidden_states)
         )
 
-    def _chunk_rows(self, batch_size: int, num_tokens: int, inner_size: int, dtype: torch.dtype) -> list[slice]:
-        """Rows of the flattened `(batch * tokens, inner)` activations, a cache-sized chunk each: any rows for v1,
-        whole images for v2 (whose depthwise conv reads the neighbouring rows)."""
-        row_bytes = inner_size * dtype.itemsize
-        step = max(1, self.cpu_chunk_bytes // row_bytes)
+    def _chunk_rows(
+        self, batch_size: int, num_tokens: int, inner_size: int, dtype: torch.dtype, chunk_bytes: int
+    ) -> list[slice]:
+        """Rows of the flattened `(batch * tokens, inner)` activations, about `chunk_bytes` of them each: any rows
+        for v1, whole images for v2 (whose depthwise conv reads the neighbouring rows)."""
+        step = max(1, chunk_bytes // (inner_size * dtype.itemsize))
         if self.dwconv is not None:
             step = num_tokens * max(1, step // num_tokens)
         total = batch_size * num_tokens

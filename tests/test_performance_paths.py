@@ -99,7 +99,7 @@ def test_inference_chunks_cover_every_row_once():
         mlp = HfPvtMlp(tiny_config(member), 8, 4)
         for chunk_bytes in (1, 200, 700, 5000, 2**30):
             mlp.cpu_inference_chunk_bytes = chunk_bytes
-            chunks = mlp._inference_chunks(3, 7 * 5, 7, 5, 4)
+            chunks = mlp._inference_chunks(3, 7 * 5, 7, 5, torch.float32)
             covered = [row for _, output_rows, _, _ in chunks for row in range(output_rows.start, output_rows.stop)]
             assert covered == list(range(3 * 7 * 5))
             for input_rows, output_rows, band_height, kept in chunks:
