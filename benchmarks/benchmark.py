@@ -13,7 +13,8 @@ Every measurement runs in a fresh subprocess, so that one model's allocations ca
   inference, hf_pvt's own ONNX export of it in ONNX Runtime), outputs checked for agreement, then timed in
   alternating iterations, so machine noise (other processes) hits all alike; latency is the median. The fp32
   matrix-multiply rate is measured in the same process just before, and throughput is given as a fraction of
-  it, with SPEC §2's MACs (GFLOP = 2 x GMACs per image; a training step counts as three forward passes);
+  it, with the papers' MACs (`hf_pvt.variants_hf_pvt.RESULTS`; GFLOP = 2 x GMACs per image, a training step
+  counts as three forward passes);
 - rounds: the whole list of cases runs `--runs` times (default 3), one round after the other; the table gives
   the median over rounds and the spread (lowest and highest) of the speedups;
 - memory: one subprocess per model; the peak resident set (CPU: `ru_maxrss` after resetting the peak through
@@ -37,8 +38,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# SPEC §2: GMACs per 224x224 image.
-GMACS_224 = {"pvt-small": 3.8, "pvt-v2-b2": 4.0}
 
 # ----------------------------------------------------------------------------------------------------------
 # Worker side: one case in a fresh process.
@@ -63,8 +62,8 @@ def _build(impl: str, preset: str, kind: str, image_size: int):
         PvtV2ForImageClassification,
     )
 
-    from conversion.convert import convert
     from hf_pvt.configuration_hf_pvt import HfPvtConfig
+    from hf_pvt.conversion.convert import convert
 
     torch.manual_seed(0)
     config = HfPvtConfig.from_preset(preset)
@@ -384,11 +383,14 @@ def _span(values: list) -> tuple[float, float] | None:
 def summarise(results: list[dict]) -> list[dict]:
     """One row per case and implementation: medians over the rounds, the spread of the speedups, the ratios
     against Transformers (and, for ONNX Runtime, against hf_pvt eager) and the fraction of the matmul rate."""
+    from hf_pvt.variants_hf_pvt import RESULTS
+
     rows = []
     for case in results:
         rounds, memory = case["timing"], case.get("memory", {})
         reference_memory = memory.get("transformers", {})
-        flops_per_image = 2e9 * GMACS_224.get(case["preset"], 0) * (3 if case["mode"] == "train" else 1)
+        gmacs = RESULTS.get(case["preset"], {}).get("gmacs", 0)  # per 224x224 image, as published
+        flops_per_image = 2e9 * gmacs * (3 if case["mode"] == "train" else 1)
         for impl in case["impls"]:
             latencies, against_reference, against_eager, fractions, errors = [], [], [], [], []
             for timing in rounds:

@@ -5,7 +5,8 @@ A stage is captured either one-based, as `(?P<stage>\\d)` (the authors' `block1`
 `(?P<stage0>\\d)` (Transformers' and timm's `layers.0`, `stages.0`). In a replacement, `{stage}` stands
 for the zero-based stage, `{stage1}` for the one-based stage and `{last}` for the index of the last stage.
 
-Every foreign layout is first renamed into the authors' layout (SPEC §3), which is what variant detection
+Every foreign layout is first renamed into the authors' layout (the keys of their released `.pth` files), which
+is what variant detection
 reads; `ORIGINAL_TO_HF_PVT` then maps that onto hf_pvt's keys.
 
 Layouts, as their state dicts spell them (i = stage, j = block):
@@ -28,6 +29,12 @@ Layouts, as their state dicts spell them (i = stage, j = block):
 - mmdet-retinanet (the authors' RetinaNet detectors, MMDetection v2): `backbone.` + the original layout (v1
   without cls token and final norm), `neck.{lateral_convs,fpn_convs}.{k}.conv`, `bbox_head.{cls_convs,
   reg_convs}.{k}.conv`, `bbox_head.{retina_cls,retina_reg}`.
+- mmdet-mask-rcnn (the authors' Mask R-CNN models, MMDetection v2): `backbone.` + the original layout (v1 without
+  cls token and final norm), `neck.{lateral_convs,fpn_convs}.{k}.conv`, `rpn_head.{rpn_conv,rpn_cls,rpn_reg}`,
+  `roi_head.bbox_head.{shared_fcs.{k},fc_cls,fc_reg}`, `roi_head.mask_head.{convs.{k}.conv,upsample,conv_logits}`.
+- mmseg-semantic-fpn (the authors' Semantic FPN segmenters, MMSegmentation v0.13): `backbone.` + the original
+  layout (v1 without cls token and final norm), `neck.{lateral_convs,fpn_convs}.{k}.conv`,
+  `decode_head.scale_heads.{i}.{j}.{conv,bn}` (j counts the upsample modules too), `decode_head.conv_seg`.
 
 Transformers splits the authors' `kv` Linear into `key` and `value`; they are renamed to `attn.k` /
 `attn.v` here and concatenated back into `attn.kv` (rows [:C] keys, [C:] values) by `merge_key_value`.
@@ -40,7 +47,8 @@ from collections.abc import Mapping
 
 import torch
 
-# The authors' `pvt.py` / `pvt_v2.py` (SPEC §3), mapped onto HfPvtForImageClassification.
+# The authors' `pvt.py` / `pvt_v2.py` (the keys of their released checkpoints), mapped onto
+# HfPvtForImageClassification.
 ORIGINAL_TO_HF_PVT: list[tuple[str, str]] = [
     (r"^patch_embed(?P<stage>\d)\.", "pvt.stages.{stage}.patch_embed."),
     (r"^pos_embed(?P<stage>\d)$", "pvt.stages.{stage}.pos_embed"),
@@ -52,7 +60,8 @@ ORIGINAL_TO_HF_PVT: list[tuple[str, str]] = [
     (r"^head\.", "classifier."),
 ]
 
-# The layers of an MMDetection v2 RetinaNet around its backbone (SPEC §6), mapped onto HfPvtForObjectDetection:
+# The layers of an MMDetection v2 RetinaNet around its backbone (`FPN` and `RetinaHead` of the authors'
+# `retinanet_pvt_*_fpn_1x_coco.py`), mapped onto HfPvtForObjectDetection:
 # the same names without the `.conv` level of mmdet's ConvModule (the FPN's and the head's convs have neither
 # norm nor, in the FPN, activation, so the wrapper holds nothing else). `retina_cls` / `retina_reg` are plain
 # convolutions in both. The backbone's own keys go through ORIGINAL_TO_HF_PVT.
@@ -62,6 +71,30 @@ MMDET_RETINANET_TO_HF_PVT: list[tuple[str, str]] = [
 ]
 # The tensors that make a checkpoint's neck and head a RetinaNet (and not, say, a Mask R-CNN or a segmenter).
 RETINANET_MARKERS = ("bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight")
+
+# The layers of an MMDetection v2 Mask R-CNN around its backbone (`FPN`, `RPNHead` and `StandardRoIHead` with
+# `Shared2FCBBoxHead` and `FCNMaskHead` of the authors' `mask_rcnn_pvt_*_fpn_1x_coco.py`), mapped onto
+# HfPvtForInstanceSegmentation: the FPN's ConvModules lose their `.conv` level as RetinaNet's do (its fifth level is
+# a max pool, without weights); `rpn_head.*` and `roi_head.*` keep their names, the mask head's ConvModules (conv +
+# ReLU, no norm) included, since hf_pvt's mask head keeps that `.conv` level.
+MMDET_MASK_RCNN_TO_HF_PVT: list[tuple[str, str]] = [
+    (r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
+]
+# The tensors that make a checkpoint a Mask R-CNN: the RPN's objectness and the mask head's logits. A checkpoint
+# with any layer under `rpn_head.` or `roi_head.` converts as one, so that a missing marker is reported by name.
+MASK_RCNN_MARKERS = ("rpn_head.rpn_cls.weight", "roi_head.mask_head.conv_logits.weight")
+MASK_RCNN_PREFIXES = ("rpn_head.", "roi_head.")
+
+# The layers of an MMSegmentation v0.13 Semantic FPN around its backbone (`FPN` and `FPNHead` of the authors'
+# `fpn_pvt_*_ade20k_40k.py` / `fpn_pvtv2_*_ade20k_40k.py`), mapped onto HfPvtForSemanticSegmentation: the neck as
+# RetinaNet's; the head keeps MMSegmentation's names (`scale_heads.{i}.{j}.conv` / `.bn`, BatchNorm running
+# statistics included, since hf_pvt's BatchNorm head mirrors the `nn.Sequential` indices), except the classifier.
+MMSEG_SEMANTIC_FPN_TO_HF_PVT: list[tuple[str, str]] = [
+    (r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
+    (r"^decode_head\.conv_seg\.", "decode_head.classifier."),
+]
+# The tensors that make a checkpoint's neck and head a Semantic FPN.
+SEMANTIC_FPN_MARKERS = ("neck.lateral_convs.0.conv.weight", "decode_head.conv_seg.weight")
 
 # Names inside a block that Transformers' ports changed; shared by both of their layouts.
 _TRANSFORMERS_BLOCK_NAMES: list[tuple[str, str]] = [

@@ -23,7 +23,8 @@ from .layouts import TO_ORIGINAL, detect_layout, merge_key_value, rename_key
 
 _WRAPPER_KEYS = ("model", "state_dict", "module")
 _SUPPORTED_SOURCES = (
-    "hf-pvt-convert reads the authors' checkpoints (.pth, classifiers and mmdet RetinaNet detectors), timm's "
+    "hf-pvt-convert reads the authors' checkpoints (.pth, classifiers, mmdet RetinaNet detectors, mmdet Mask R-CNN "
+    "models and mmseg Semantic FPN segmenters), timm's "
     "pvt_v2 state dicts, .safetensors files and Transformers' 'pvt' / 'pvt_v2' folders"
 )
 
@@ -46,6 +47,8 @@ class Source:
     # in the checkpoint; the task decides whether they are converted or left out.
     detector: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] | None = None  # an mmdet checkpoint's meta["CLASSES"]
+    # meta["CLASSES"] exactly as stored (whatever its type), for converters that check it themselves; None if absent.
+    meta_classes: Any = None
 
 
 def first_line(error: BaseException) -> str:
@@ -172,13 +175,15 @@ def _read_transformers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], di
     raise ConversionError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
 
 
-def _unwrap(checkpoint: Any, path: Path, notes: list[str]) -> tuple[dict[str, Any], list[str] | None]:
-    """The state dict inside a training snapshot (`{'model': ...}`) or a detector file (`{'state_dict': ...}`), and
-    the class names an mmdet checkpoint records in `meta["CLASSES"]`."""
-    class_names = None
+def _unwrap(checkpoint: Any, path: Path, notes: list[str]) -> tuple[dict[str, Any], list[str] | None, Any]:
+    """The state dict inside a training snapshot (`{'model': ...}`) or a detector file (`{'state_dict': ...}`), the
+    class names an mmdet/mmseg checkpoint records in `meta["CLASSES"]` (when they are a list of strings), and that
+    entry as stored."""
+    class_names, raw_classes = None, None
     while isinstance(checkpoint, dict) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         meta = checkpoint.get("meta")
         classes = meta.get("CLASSES") if isinstance(meta, dict) else None
+        raw_classes = classes if classes is not None else raw_classes
         if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
             class_names = list(classes)
         wrapper = next((key for key in _WRAPPER_KEYS if isinstance(checkpoint.get(key), dict)), None)
@@ -191,7 +196,7 @@ def _unwrap(checkpoint: Any, path: Path, notes: list[str]) -> tuple[dict[str, An
         checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a state dict of tensors.")
-    return checkpoint, class_names
+    return checkpoint, class_names, raw_classes
 
 
 def _split_backbone(
@@ -222,8 +227,12 @@ def _check_entries(state_dict: dict[Any, Any], path: Path, notes: list[str]) -> 
     if not_tensors:
         raise ConversionError(f"{path}: these entries are not tensors: {not_tensors[:10]}. Give a plain state dict.")
     not_dense = sorted(key for key, value in state_dict.items() if value.layout != torch.strided)
+    # BatchNorm's step counter (MMSegmentation's decode heads) is the one integer a checkpoint may hold.
+    counters = {key for key, value in state_dict.items() if _is_batch_counter(key, value)}
     not_float = sorted(
-        f"{key} ({value.dtype})" for key, value in state_dict.items() if not value.dtype.is_floating_point
+        f"{key} ({value.dtype})"
+        for key, value in state_dict.items()
+        if not value.dtype.is_floating_point and key not in counters
     )
     if not_dense or not_float:
         raise ConversionError(
@@ -238,18 +247,22 @@ def _check_entries(state_dict: dict[Any, Any], path: Path, notes: list[str]) -> 
             )
             + ". The file is quantised, corrupted or not a model checkpoint."
         )
-    dtypes = Counter(value.dtype for value in state_dict.values())
+    dtypes = Counter(value.dtype for key, value in state_dict.items() if key not in counters)
     if len(dtypes) > 1:
         notes.append(f"cast tensors of mixed dtypes ({', '.join(map(str, dtypes))}) to torch.float32")
-        state_dict = {key: value.float() for key, value in state_dict.items()}
+        state_dict = {key: value if key in counters else value.float() for key, value in state_dict.items()}
     return state_dict
+
+
+def _is_batch_counter(key: str, value: torch.Tensor) -> bool:
+    return key.endswith(".num_batches_tracked") and value.numel() == 1 and value.dtype in (torch.int64, torch.int32)
 
 
 def load_source(path: str | Path) -> Source:
     """Load a checkpoint file or Transformers folder and rename it into the authors' layout."""
     path = Path(path)
     notes: list[str] = []
-    config, class_names, detector, prefix = None, None, {}, ""
+    config, class_names, meta_classes, detector, prefix = None, None, None, {}, ""
     if not path.exists():
         raise ConversionError(f"{path} does not exist.")
     if path.is_dir():
@@ -257,7 +270,7 @@ def load_source(path: str | Path) -> Source:
     elif path.suffix == ".safetensors":
         state_dict = _load_safetensors(path)
     else:
-        state_dict, class_names = _unwrap(_torch_load(path), path, notes)
+        state_dict, class_names, meta_classes = _unwrap(_torch_load(path), path, notes)
     if not state_dict:
         raise ConversionError(f"{path} holds no tensors.")
     state_dict = _check_entries(state_dict, path, notes)
@@ -267,8 +280,13 @@ def load_source(path: str | Path) -> Source:
     keys = list(state_dict)
     layout = detect_layout(keys)
     if layout == "hf_pvt":
+        # A state dict alone has no config.json, so from_pretrained cannot read it: say what can.
         raise ConversionError(
-            f"{path} is already in hf_pvt's layout: load it with from_pretrained, no conversion needed."
+            f"{path} is already in hf_pvt's key layout (stages.*), so it needs no conversion, but a bare state dict "
+            "holds no configuration. Build the model it was saved from and load it: model = "
+            "HfPvtForImageClassification(HfPvtConfig.from_preset('pvt-v2-b2', num_labels=N)) (or that model's own "
+            "class and config); model.load_state_dict(torch.load(path, weights_only=True)); then "
+            "model.save_pretrained(folder)."
         )
     if layout is None or layout not in TO_ORIGINAL:
         raise ConversionError(
@@ -303,4 +321,5 @@ def load_source(path: str | Path) -> Source:
         name=path.name,
         detector=detector,
         class_names=class_names,
+        meta_classes=meta_classes,
     )

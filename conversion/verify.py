@@ -1,4 +1,4 @@
-"""Check a converted classifier against the logits published for the real weights (SPEC §3).
+"""Check a converted classifier against the logits published for the real weights.
 
 The published numbers are the first three ImageNet logits on COCO val2017 image 000000039769 (two cats),
 as measured by Transformers' ports. Their preprocessing resizes the image straight to 224x224 (no crop)

@@ -13,9 +13,19 @@ Without the split sub-folders, images/ and annotations/ themselves are used for 
 `--model` is a preset name (random weights, from scratch) or a local folder saved by `save_pretrained`, for example
 an ImageNet classifier converted with `hf-pvt-convert`: its encoder loads into the segmentation model and the FPN
 neck and head start fresh. The recipe defaults are the paper's: AdamW (lr 2e-4, weight decay 1e-4), poly schedule
-with power 0.9, 512x512 crops. The output folder holds the model, its image processor, its code and a model card,
+with power 0.9, 512x512 crops, and the head's BatchNorm (`--semantic_head_norm group_norm` for a few images per
+device). The output folder holds the model, its image processor, its code and a model card,
 ready for `pipeline("image-segmentation", model=output_dir)`; `--push_to_hub` (with `--hub_model_id your-name/repo`)
 uploads it in one commit through `hf_pvt.push_to_hub`.
+
+Evaluation, during training and with `--eval_only`, is the authors' ADE20K test procedure: each image alone, whole
+(`HfPvtImageProcessor.for_semantic_segmentation()`: keep-ratio into 2048x512, each side resized to a multiple of 32,
+OpenCV's bilinear arithmetic), logits resized to the network input and then to the annotation's size, argmax; mIoU
+over the whole set from one confusion matrix, pixels labelled 255 ignored. A released segmenter converted with
+`hf-pvt-convert fpn_pvt_s_ade20k_40k.pth pvt-small-ade` is evaluated with
+
+    python examples/run_semantic_segmentation.py --data_dir ADEChallengeData2016 --model pvt-small-ade \
+        --eval_only --reduce_labels
 """
 
 from __future__ import annotations
@@ -146,7 +156,8 @@ def evaluate(
     pairs: list[tuple[Path, Path]],
     reduce_labels: bool,
 ) -> dict[str, object]:
-    """Whole-image inference, one image at a time, scored at each annotation's own resolution."""
+    """Whole-image inference, one image at a time, scored at each annotation's own resolution (the original size,
+    to which post-processing resizes the logits)."""
     model.eval()
     num_labels = model.config.num_labels
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
@@ -164,8 +175,12 @@ def evaluate(
     return segmentation_metrics(confusion, model.config.id2label)
 
 
-def build_model(name_or_path: str, id2label: dict[int, str]) -> HfPvtForSemanticSegmentation:
+def build_model(
+    name_or_path: str, id2label: dict[int, str], semantic_head_norm: str | None = None
+) -> HfPvtForSemanticSegmentation:
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    if semantic_head_norm is not None:
+        labels["semantic_head_norm"] = semantic_head_norm
     if Path(name_or_path).is_dir():
         # Classification checkpoints load their encoder; the head (other label count) starts fresh.
         return HfPvtForSemanticSegmentation.from_pretrained(name_or_path, ignore_mismatched_sizes=True, **labels)
@@ -176,11 +191,34 @@ def build_model(name_or_path: str, id2label: dict[int, str]) -> HfPvtForSemantic
     return HfPvtForSemanticSegmentation(HfPvtConfig.from_preset(name_or_path, **labels))
 
 
+def run_evaluation(args: argparse.Namespace) -> dict[str, object]:
+    """`--eval_only`: a saved segmentation folder (converted or fine-tuned), as it is, on `--eval_split`."""
+    if not args.model or not Path(args.model).is_dir():
+        raise ValueError(f"--eval_only evaluates a saved model folder; --model {args.model!r} is not a folder.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = HfPvtForSemanticSegmentation.from_pretrained(args.model).to(device)
+    processor = HfPvtImageProcessor.for_semantic_segmentation(do_reduce_labels=args.reduce_labels)
+    metrics = evaluate(model, processor, find_pairs(args.data_dir, args.eval_split), args.reduce_labels)
+    print(f"mIoU {metrics['mean_iou']:.4f} pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", type=Path, required=True, help="ADE20K-layout folder (images/, annotations/)")
     parser.add_argument("--model", default="pvt-v2-b2", help="preset name (from scratch) or local model folder")
-    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, help="required for training; with --eval_only, optional")
+    parser.add_argument(
+        "--eval_only", action="store_true", help="evaluate --model (a saved folder) on --eval_split, no training"
+    )
+    parser.add_argument(
+        "--semantic_head_norm",
+        choices=["batch_norm", "group_norm"],
+        help="the head's normalisation for a new head (default: batch_norm, the paper's)",
+    )
     parser.add_argument("--max_steps", type=int, default=40000)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -203,6 +241,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
+    if args.eval_only:
+        return run_evaluation(args)
+    if args.output_dir is None:
+        raise ValueError("--output_dir is required for training (it receives the fine-tuned model).")
     if args.crop_size % 32:
         raise ValueError(f"--crop_size {args.crop_size} must be a multiple of 32 (the encoder's total stride).")
     random.seed(args.seed)
@@ -213,11 +255,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     train_pairs = find_pairs(args.data_dir, args.train_split)
     eval_pairs = find_pairs(args.data_dir, args.eval_split)
     id2label = read_label_names(args.labels_csv, args.num_labels, args.reduce_labels)
-    model = build_model(args.model, id2label).to(device).train()
-    # Whole images at inference: short side to the crop size, aspect ratio kept (what the pipeline will do).
-    processor = HfPvtImageProcessor(
-        size={"shortest_edge": args.crop_size}, do_center_crop=False, do_reduce_labels=args.reduce_labels
-    )
+    model = build_model(args.model, id2label, args.semantic_head_norm).to(device).train()
+    # The authors' test transform, for evaluation and for the saved folder (what the pipeline will do); training
+    # batches use only its rescaling and normalisation (their geometry is the dataset's random rescale and crop).
+    processor = HfPvtImageProcessor.for_semantic_segmentation(do_reduce_labels=args.reduce_labels)
     loader = DataLoader(
         SegmentationFolder(train_pairs, processor, args.crop_size),
         batch_size=args.batch_size,

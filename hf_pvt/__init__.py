@@ -10,25 +10,27 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageSegmentation,
+    AutoModelForInstanceSegmentation,
     AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_hf_pvt import PRESETS, HfPvtConfig
+from .configuration_hf_pvt import HfPvtConfig, register_pipeline_names
 from .hub_hf_pvt import register_no_video_processor
 from .image_processing_hf_pvt import HfPvtImageProcessor
+from .mask_rcnn_hf_pvt import HfPvtForInstanceSegmentation, HfPvtInstanceSegmentationOutput
 from .modeling_hf_pvt import (
     HfPvtBackbone,
     HfPvtForImageClassification,
-    HfPvtForObjectDetection,
-    HfPvtForSemanticSegmentation,
     HfPvtModel,
     HfPvtModelOutput,
-    HfPvtObjectDetectionOutput,
     HfPvtPreTrainedModel,
 )
-from .onnx_export import export_onnx
+from .retinanet_hf_pvt import HfPvtForObjectDetection, HfPvtObjectDetectionOutput
+from .semantic_fpn_hf_pvt import HfPvtForSemanticSegmentation, HfPvtSemanticSegmenterOutput
 from .sharing import HubUploadError, make_hub_ready, push_to_hub, save_for_hub
+from .variants_hf_pvt import PRESETS
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ _AUTO_CLASSES = (
     (AutoBackbone, HfPvtBackbone),
     (AutoModelForSemanticSegmentation, HfPvtForSemanticSegmentation),
     (AutoModelForObjectDetection, HfPvtForObjectDetection),
+    (AutoModelForInstanceSegmentation, HfPvtForInstanceSegmentation),
 )
 
 
@@ -47,28 +50,50 @@ def _register() -> None:
     for auto_class, model_class in _AUTO_CLASSES:
         auto_class.register(HfPvtConfig, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)
+    # pipeline("image-segmentation") loads through AutoModelForImageSegmentation first; given a tuple, Transformers
+    # picks the class that the folder's `architectures` names, so each segmentation folder gets its own head.
+    AutoModelForImageSegmentation.register(
+        HfPvtConfig, (HfPvtForInstanceSegmentation, HfPvtForSemanticSegmentation), exist_ok=True
+    )
     AutoImageProcessor.register(HfPvtConfig, slow_image_processor_class=HfPvtImageProcessor, exist_ok=True)
     HfPvtImageProcessor.register_for_auto_class()
     # hf_pvt has no video processor, and says so: pipeline() probes every folder for one, infers a video class
     # from the image processor's auto_map entry, and would otherwise ask whether to run the folder's code
     # (for hf_pvt's folders and for every Transformers head saved with HfPvtImageProcessor).
     register_no_video_processor(HfPvtConfig)
+    # pipeline() checks class names in tables of its own, which the registrations above do not reach.
+    register_pipeline_names()
 
 
 _register()
+
+
+def __getattr__(name: str) -> object:
+    # export_onnx is imported on first use, not with the package: `python -m hf_pvt.onnx_export` would otherwise
+    # find the module already imported by the package and run a second copy of it (runpy's RuntimeWarning).
+    if name == "export_onnx":
+        from .onnx_export import export_onnx
+
+        globals()[name] = export_onnx
+        return export_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PRESETS",
     "HfPvtBackbone",
     "HfPvtConfig",
     "HfPvtForImageClassification",
+    "HfPvtForInstanceSegmentation",
     "HfPvtForObjectDetection",
     "HfPvtForSemanticSegmentation",
     "HfPvtImageProcessor",
+    "HfPvtInstanceSegmentationOutput",
     "HfPvtModel",
     "HfPvtModelOutput",
     "HfPvtObjectDetectionOutput",
     "HfPvtPreTrainedModel",
+    "HfPvtSemanticSegmenterOutput",
     "HubUploadError",
     "export_onnx",
     "make_hub_ready",

@@ -3,7 +3,11 @@
 import copy
 import functools
 import math
+import os
 import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -11,37 +15,29 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.dynamic_module_utils import get_relative_import_files
 
-# Every released model shares heads [1, 2, 5, 8] and sr_ratios [8, 4, 2, 1]; a preset is a row of data.
-_V1 = {"pvt_version": 1, "hidden_sizes": [64, 128, 320, 512], "mlp_ratios": [8, 8, 4, 4]}
-_V2 = {"pvt_version": 2, "hidden_sizes": [64, 128, 320, 512], "mlp_ratios": [8, 8, 4, 4]}
-PRESETS: dict[str, dict[str, Any]] = {
-    "pvt-tiny": {**_V1, "depths": [2, 2, 2, 2]},
-    "pvt-small": {**_V1, "depths": [3, 4, 6, 3]},
-    "pvt-medium": {**_V1, "depths": [3, 4, 18, 3]},
-    "pvt-large": {**_V1, "depths": [3, 8, 27, 3]},
-    "pvt-v2-b0": {**_V2, "hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2]},
-    "pvt-v2-b1": {**_V2, "depths": [2, 2, 2, 2]},
-    "pvt-v2-b2": {**_V2, "depths": [3, 4, 6, 3]},
-    "pvt-v2-b2-li": {**_V2, "depths": [3, 4, 6, 3], "linear_attention": True},
-    "pvt-v2-b3": {**_V2, "depths": [3, 4, 18, 3]},
-    "pvt-v2-b4": {**_V2, "depths": [3, 8, 27, 3]},
-    "pvt-v2-b5": {**_V2, "depths": [3, 6, 40, 3], "mlp_ratios": [4, 4, 4, 4]},
-}
+from .variants_hf_pvt import PRESETS, normalize_preset_name
 
 # Patch embedding geometry by version: v1 cuts non-overlapping patches, v2 overlaps them.
 _PATCH_SIZES = {1: [4, 2, 2, 2], 2: [7, 3, 3, 3]}
 _STRIDES = {1: [4, 2, 2, 2], 2: [4, 2, 2, 2]}
 # Written into every config.json so that a saved folder loads with `trust_remote_code=True` through any
-# Auto class, whichever class saved it (`save_pretrained` copies these modules next to the weights).
+# Auto class, whichever class saved it (`HfPvtConfig.save_pretrained` copies these modules next to the weights).
 AUTO_MAP = {
     "AutoConfig": "configuration_hf_pvt.HfPvtConfig",
     "AutoModel": "modeling_hf_pvt.HfPvtModel",
     "AutoModelForImageClassification": "modeling_hf_pvt.HfPvtForImageClassification",
     "AutoBackbone": "modeling_hf_pvt.HfPvtBackbone",
-    "AutoModelForSemanticSegmentation": "modeling_hf_pvt.HfPvtForSemanticSegmentation",
-    "AutoModelForObjectDetection": "modeling_hf_pvt.HfPvtForObjectDetection",
+    "AutoModelForSemanticSegmentation": "semantic_fpn_hf_pvt.HfPvtForSemanticSegmentation",
+    "AutoModelForObjectDetection": "retinanet_hf_pvt.HfPvtForObjectDetection",
+    "AutoModelForInstanceSegmentation": "mask_rcnn_hf_pvt.HfPvtForInstanceSegmentation",
     "AutoImageProcessor": "image_processing_hf_pvt.HfPvtImageProcessor",
+}
+# Architectures that `pipeline("image-segmentation")` serves, and the AUTO_MAP entry of each.
+IMAGE_SEGMENTATION_HEADS = {
+    "HfPvtForInstanceSegmentation": "AutoModelForInstanceSegmentation",
+    "HfPvtForSemanticSegmentation": "AutoModelForSemanticSegmentation",
 }
 _PROBABILITY_FIELDS = (
     "hidden_dropout_prob",
@@ -70,11 +66,7 @@ _POSITIVE_FIELDS = (
 _POSITIVE_REAL_FIELDS = ("layer_norm_eps", "embedding_layer_norm_eps", "anchor_octave_base_scale", "focal_loss_gamma")
 # Model types of other PVT ports: their folders hold other key names, so they must go through the converter.
 _FOREIGN_PVT_TYPES = ("pvt", "pvt_v2", "timm_wrapper")
-
-
-def normalize_preset_name(name: str) -> str:
-    """`pvt_v2_b2`, `PVT-V2-B2` and `org/pvt-v2-b2` all name the preset `pvt-v2-b2`."""
-    return name.rsplit("/", 1)[-1].lower().replace("_", "-")
+_SEMANTIC_HEAD_NORMS = ("batch_norm", "group_norm")
 
 
 def _is_real(value: Any) -> bool:
@@ -103,11 +95,37 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
         decoder_hidden_size, decoder_head_size, classifier_dropout_prob, semantic_loss_ignore_index:
             the Semantic FPN segmentation head (FPN width, head width, dropout, ignored label).
             `decoder_hidden_size` is also the width of RetinaNet's FPN.
+        semantic_head_norm (`str`, defaults to `"batch_norm"`): the Semantic FPN head's normalisation.
+            `"batch_norm"` is the authors' (SyncBN in MMSegmentation, running statistics in evaluation; the
+            released ADE20K segmenters convert into it); `"group_norm"` (GroupNorm(32), `decoder_head_size` a
+            multiple of 32) does not depend on the batch, for fine-tuning at a few images per device. A
+            segmentation folder saved before this field existed has no such key and loads as `"group_norm"`,
+            which is what it was trained with.
         detection_feat_channels, detection_num_convs: RetinaNet's head (width and depth of its two branches).
         anchor_octave_base_scale, anchor_scales_per_octave, anchor_ratios: RetinaNet's anchors, scales
             `base * 2**(k / scales_per_octave)` times the level's stride, for each height/width ratio.
         focal_loss_alpha, focal_loss_gamma, detection_pos_iou_threshold, detection_neg_iou_threshold:
-            RetinaNet's training targets and classification loss (SPEC §6 values by default).
+            RetinaNet's training targets and classification loss (by default the values of the authors'
+            `retinanet_pvt_v2_b2_fpn_1x_coco.py` and its siblings: alpha 0.25, gamma 2, IoU 0.5 / 0.4).
+        rpn_anchor_scale, rpn_anchor_ratios: Mask R-CNN's RPN anchors, `rpn_anchor_scale` times the level's stride
+            (strides 4 to 64) for each height/width ratio (8 and [0.5, 1, 2]: 3 anchors per location).
+        rpn_pos_iou_threshold, rpn_neg_iou_threshold: the RPN's anchor assignment (0.7 / 0.3); an anchor that is
+            some object's best match is positive too when its IoU reaches the negative threshold.
+        rpn_num_samples, rpn_positive_fraction: anchors sampled per image for the RPN loss, at most that fraction
+            positive (256, 0.5).
+        rpn_train_nms_pre, rpn_test_nms_pre, rpn_nms_iou_threshold, rpn_max_proposals: proposals: per level the
+            `nms_pre` best anchors (2000 in training, 1000 in inference), NMS at IoU 0.7 within each level, then the
+            best `rpn_max_proposals` (1000) of the image.
+        rcnn_fc_channels: width of the box head's two shared fully connected layers (1024).
+        rcnn_pos_iou_threshold, rcnn_neg_iou_threshold, rcnn_num_samples, rcnn_positive_fraction: the box head's
+            proposal assignment (0.5 / 0.5, a ground truth's best proposal kept from the negative threshold on) and
+            sampling (512 per image, at most 0.25 positive; ground-truth boxes join the proposals).
+        rcnn_score_threshold, rcnn_nms_iou_threshold, rcnn_max_per_image: detections: (box, class) pairs scoring
+            above 0.05, class-wise NMS at IoU 0.5, at most 100 per image.
+        mask_head_num_convs, mask_head_channels, mask_threshold: the mask head (4 3x3 convs of 256 channels before
+            its upsampling) and the probability from which a pasted mask pixel is foreground (0.5).
+            The Mask R-CNN defaults are MMDetection's `mask_rcnn_r50_fpn.py`, which the authors'
+            `mask_rcnn_pvt_v2_b2_fpn_1x_coco.py` and its siblings use.
         out_features, out_indices: the stages a backbone returns.
     Use [`HfPvtConfig.from_preset`] for the released models. Every field is checked when the
     configuration is built: a wrong type raises TypeError, an inconsistent value ValueError, each
@@ -139,6 +157,7 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
     decoder_head_size: int = 128
     classifier_dropout_prob: float | int = 0.1
     semantic_loss_ignore_index: int = 255
+    semantic_head_norm: str = "batch_norm"
     detection_feat_channels: int = 256
     detection_num_convs: int = 4
     anchor_octave_base_scale: float | int = 4
@@ -148,6 +167,27 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
     focal_loss_gamma: float | int = 2.0
     detection_pos_iou_threshold: float | int = 0.5
     detection_neg_iou_threshold: float | int = 0.4
+    rpn_anchor_scale: float | int = 8
+    rpn_anchor_ratios: list[int | float] | tuple[int | float, ...] = (0.5, 1.0, 2.0)
+    rpn_pos_iou_threshold: float | int = 0.7
+    rpn_neg_iou_threshold: float | int = 0.3
+    rpn_num_samples: int = 256
+    rpn_positive_fraction: float | int = 0.5
+    rpn_train_nms_pre: int = 2000
+    rpn_test_nms_pre: int = 1000
+    rpn_nms_iou_threshold: float | int = 0.7
+    rpn_max_proposals: int = 1000
+    rcnn_fc_channels: int = 1024
+    rcnn_pos_iou_threshold: float | int = 0.5
+    rcnn_neg_iou_threshold: float | int = 0.5
+    rcnn_num_samples: int = 512
+    rcnn_positive_fraction: float | int = 0.25
+    rcnn_score_threshold: float | int = 0.05
+    rcnn_nms_iou_threshold: float | int = 0.5
+    rcnn_max_per_image: int = 100
+    mask_head_num_convs: int = 4
+    mask_head_channels: int = 256
+    mask_threshold: float | int = 0.5
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -158,16 +198,16 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
             self.patch_sizes = list(_PATCH_SIZES[self.pvt_version])
         if self.strides is None:
             self.strides = list(_STRIDES[self.pvt_version])
-        for name in (*_PER_STAGE_FIELDS, "anchor_ratios"):
+        for name in (*_PER_STAGE_FIELDS, "anchor_ratios", "rpn_anchor_ratios"):
             setattr(self, name, list(getattr(self, name)))
         self._check_architecture()
+        self._check_mask_rcnn()
         self.stage_names = [f"stage{i}" for i in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         super().__post_init__(**kwargs)
-        if getattr(self, "auto_map", None) is None:
-            self.auto_map = dict(AUTO_MAP)
+        self.auto_map = _with_current_modules(getattr(self, "auto_map", None))
 
     def _check_architecture(self) -> None:
         """Raise a ValueError naming the inconsistent fields and how to fix them."""
@@ -234,6 +274,51 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
         for name in _PROBABILITY_FIELDS:
             if not (_is_real(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.semantic_head_norm not in _SEMANTIC_HEAD_NORMS:
+            raise ValueError(
+                f"semantic_head_norm must be one of {', '.join(map(repr, _SEMANTIC_HEAD_NORMS))}, got "
+                f"{self.semantic_head_norm!r}: 'batch_norm' as the authors trained (batches of 16 over 8 GPUs), "
+                "'group_norm' for fine-tuning at a few images per device."
+            )
+
+    def _check_mask_rcnn(self) -> None:
+        """Raise a ValueError naming the Mask R-CNN field that is out of range and its valid range."""
+        for name in (
+            "rpn_num_samples",
+            "rpn_train_nms_pre",
+            "rpn_test_nms_pre",
+            "rpn_max_proposals",
+            "rcnn_fc_channels",
+            "rcnn_num_samples",
+            "rcnn_max_per_image",
+            "mask_head_channels",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.mask_head_num_convs < 0:
+            raise ValueError(f"mask_head_num_convs must be 0 or more, got {self.mask_head_num_convs}.")
+        if not (_is_real(self.rpn_anchor_scale) and self.rpn_anchor_scale > 0):
+            raise ValueError(f"rpn_anchor_scale must be a positive finite number, got {self.rpn_anchor_scale!r}.")
+        if not self.rpn_anchor_ratios or not all(_is_real(r) and r > 0 for r in self.rpn_anchor_ratios):
+            raise ValueError(
+                f"rpn_anchor_ratios must be a non-empty list of positive numbers, got {self.rpn_anchor_ratios}."
+            )
+        for stage in ("rpn", "rcnn"):
+            negative = getattr(self, f"{stage}_neg_iou_threshold")
+            positive = getattr(self, f"{stage}_pos_iou_threshold")
+            if not (_is_real(negative) and _is_real(positive) and 0 <= negative <= positive <= 1):
+                raise ValueError(
+                    f"Mask R-CNN's IoU thresholds must satisfy 0 <= {stage}_neg_iou_threshold <= "
+                    f"{stage}_pos_iou_threshold <= 1, got {negative!r} and {positive!r}."
+                )
+        unit_fields = ("rpn_positive_fraction", "rcnn_positive_fraction")
+        for name in (*unit_fields, "rpn_nms_iou_threshold", "rcnn_nms_iou_threshold"):
+            if not (_is_real(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}.")
+        if not (_is_real(self.rcnn_score_threshold) and 0 <= self.rcnn_score_threshold < 1):
+            raise ValueError(f"rcnn_score_threshold must be in [0, 1), got {self.rcnn_score_threshold!r}.")
+        if not (_is_real(self.mask_threshold) and 0 < self.mask_threshold <= 1):
+            raise ValueError(f"mask_threshold must be in (0, 1], got {self.mask_threshold!r}.")
 
     @property
     def num_stages(self) -> int:
@@ -261,7 +346,33 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
                 else "It is not a PVT model of this library."
             )
             raise ValueError(f"This configuration has model_type {model_type!r}, not 'hf_pvt'. {hint}")
+        if "semantic_head_norm" not in config_dict and "HfPvtForSemanticSegmentation" in (
+            config_dict.get("architectures") or []
+        ):
+            # A segmentation folder saved before the BatchNorm head existed: its head normalised with GroupNorm.
+            config_dict = {**config_dict, "semantic_head_norm": "group_norm"}
         return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Transformers' dict, plus an `AutoModelForImageSegmentation` entry naming the folder's own head:
+        `pipeline("image-segmentation")` loads through that class first, and Mask R-CNN and Semantic FPN folders
+        share this configuration class, so one fixed entry would build the wrong head for one of them."""
+        output = super().to_dict()
+        auto_map = output.get("auto_map")
+        heads = [
+            IMAGE_SEGMENTATION_HEADS[name]
+            for name in output.get("architectures") or ()
+            if name in IMAGE_SEGMENTATION_HEADS
+        ]
+        if isinstance(auto_map, dict) and heads:
+            output["auto_map"] = {**auto_map, "AutoModelForImageSegmentation": AUTO_MAP[heads[0]]}
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Transformers' save, then the code of every module `auto_map` names: the heads live in modules of their
+        own, and every hf_pvt folder loads through every Auto class with `trust_remote_code=True`."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        copy_remote_code(auto_map_modules(self.auto_map or {}), save_directory, missing_ok=True)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> "HfPvtConfig":
@@ -270,6 +381,56 @@ class HfPvtConfig(BackboneConfigMixin, PreTrainedConfig):
         if key not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}. Known presets: {', '.join(PRESETS)}.")
         return cls(**{**copy.deepcopy(PRESETS[key]), **kwargs})
+
+
+def _with_current_modules(auto_map: dict[str, str] | None) -> dict[str, str]:
+    """`auto_map` (AUTO_MAP when None) with hf_pvt's own classes at today's modules, and hf_pvt's own map completed
+    with today's Auto classes. Folders saved before the heads moved out of `modeling_hf_pvt` name them there; those
+    folders keep their own copy of that code for `trust_remote_code`, but a configuration loaded from one and saved
+    again must name the code saved with it."""
+    if auto_map is None:
+        return dict(AUTO_MAP)
+    current = {reference.rsplit(".", 1)[-1]: reference for reference in AUTO_MAP.values()}
+    updated = {
+        key: current.get(reference.rsplit(".", 1)[-1], reference) if "--" not in reference else reference
+        for key, reference in auto_map.items()
+    }
+    return {**AUTO_MAP, **updated} if updated.get("AutoConfig") == AUTO_MAP["AutoConfig"] else updated
+
+
+def auto_map_modules(auto_map: dict[str, str]) -> list[str]:
+    """The module names in `auto_map` references: `retinanet_hf_pvt.HfPvtForObjectDetection` -> `retinanet_hf_pvt`."""
+    return [reference.split("--")[-1].split(".")[0] for reference in auto_map.values()]
+
+
+def copy_remote_code(modules: Iterable[str], folder: str | os.PathLike, missing_ok: bool = False) -> list[str]:
+    """Copy hf_pvt's `modules` (names without `.py`) and every module they import relatively into `folder`: the
+    code Transformers runs with `trust_remote_code=True`. Returns the names of the files copied.
+
+    A module this copy of hf_pvt lacks raises a ValueError, or is skipped with `missing_ok` (a copy loaded from a
+    folder with `trust_remote_code` holds only the modules that folder's loads needed)."""
+    package_dir = Path(__file__).resolve().parent
+    files: list[Path] = []
+    for module in dict.fromkeys(modules):
+        source = package_dir / f"{module}.py"
+        if not source.is_file():
+            if missing_ok:
+                continue
+            raise ValueError(
+                f"auto_map names the module {module!r}, which is not part of hf_pvt ({package_dir}); "
+                "hf_pvt can only supply its own code."
+            )
+        files += [source, *map(Path, get_relative_import_files(str(source)))]
+    destination = Path(folder)
+    for source in dict.fromkeys(files):
+        target = destination / source.name
+        if source.resolve() != target.resolve():
+            # A new file renamed over the target: a link there (a Hub cache snapshot) is replaced, never written
+            # through, and a reader never sees half a module.
+            staging = target.with_name(f".{source.name}.{os.getpid()}.partial")
+            shutil.copyfile(source, staging)
+            os.replace(staging, target)
+    return sorted({source.name for source in files})
 
 
 def _type_errors_as_type_error(init):
@@ -293,4 +454,36 @@ def _type_errors_as_type_error(init):
 
 HfPvtConfig.__init__ = _type_errors_as_type_error(HfPvtConfig.__init__)
 
-__all__ = ["PRESETS", "HfPvtConfig", "normalize_preset_name"]
+# The tables of class names Transformers' pipelines check a model against before they log "The model ... is not
+# supported for <task>" at ERROR level (`Pipeline.check_model_type`). They copy the name tables, and the copy drops the
+# link to what `AutoModelFor*.register` added, so hf_pvt names its classes in the tables themselves (data, no
+# Transformers method is changed). The image-segmentation pipeline merges four tables keyed by model type, later ones
+# replacing earlier ones: hf_pvt's entry lives in one of them only, naming both of its segmentation heads.
+PIPELINE_TABLES = {
+    "MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES": ("HfPvtForObjectDetection",),
+    "MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES": ("HfPvtForInstanceSegmentation", "HfPvtForSemanticSegmentation"),
+}
+
+
+def register_pipeline_names() -> None:
+    """Name hf_pvt's detection and segmentation heads in the tables `pipeline()` checks (see `PIPELINE_TABLES`)."""
+    from transformers.models.auto import modeling_auto
+
+    for table, names in PIPELINE_TABLES.items():
+        mapping = getattr(modeling_auto, table, None)
+        if isinstance(mapping, dict):
+            mapping[HfPvtConfig.model_type] = names[0] if len(names) == 1 else names
+
+
+# Loaded from a folder with trust_remote_code, where `import hf_pvt` (which registers everything) never ran.
+if __name__.startswith("transformers_modules."):
+    register_pipeline_names()
+
+__all__ = [
+    "AUTO_MAP",
+    "PIPELINE_TABLES",
+    "HfPvtConfig",
+    "auto_map_modules",
+    "copy_remote_code",
+    "register_pipeline_names",
+]

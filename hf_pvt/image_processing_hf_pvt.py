@@ -1,20 +1,15 @@
 """Image processor for the Pyramid Vision Transformer family (PVT v1, PVTv2).
 
-Self-contained on purpose: `save_pretrained` copies this file alone into a Hub folder for
-`trust_remote_code` loading, so it imports only the standard library, transformers, PIL and numpy
-(torch lazily, for post-processing). It runs on the PIL/numpy backend and needs no torchvision.
+It runs on the PIL/numpy backend and needs no torchvision; torch is imported only for post-processing. Its input
+checking lives in `image_checks_hf_pvt.py`, and the detectors' post-processing in `retinanet_hf_pvt.py`: both are
+relative imports, which `save_pretrained` copies next to this file (with whatever they import) for
+`trust_remote_code` loading.
 """
 
-import base64
-import binascii
-import os
-import urllib.request
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
@@ -27,19 +22,38 @@ from transformers.image_utils import (
     SizeDict,
     is_pil_image,
     is_torch_tensor,
-    is_valid_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
+
+from .image_checks_hf_pvt import (
+    check_detection_postprocess_arguments,
+    check_height_width,
+    check_image_size,
+    check_image_std,
+    check_logits_stride,
+    check_maps_match_images,
+    check_padding,
+    check_pixel_array,
+    check_resize_options,
+    check_size,
+    check_stackable,
+    check_target_sizes,
+    detection_fields,
+    flat_image_list,
+    high_bit_depth_pil_to_numpy,
+    prepare_detection_targets,
+    segmentation_map_array,
+    semantic_logits,
+    semantic_logits_sizes,
+    tensor_to_numpy,
+)
 
 if TYPE_CHECKING:
     import torch
 
 # The value segmentation losses ignore (HF `semantic_loss_ignore_index`, mmseg's ignore_index).
 IGNORE_INDEX = 255
-
-# PIL modes whose pixels are not 8 bits: np.asarray keeps their values, convert("RGB") would saturate them.
-_PIL_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class HfPvtImageProcessorKwargs(ImagesKwargs, total=False):
@@ -52,11 +66,31 @@ class HfPvtImageProcessorKwargs(ImagesKwargs, total=False):
         training augmentation: draw the choice per image in the data pipeline and call once per image.
     pad_size_divisor (`int`, *optional*, defaults to `self.pad_size_divisor`):
         With `do_pad`, the padded height and width are rounded up to a multiple of it (mmdet's `size_divisor`).
+    return_segmentation_masks (`bool`, *optional*, defaults to `self.return_segmentation_masks`):
+        With `annotations`, also decode each object's COCO `segmentation` into a binary mask that follows the
+        image (resize, flip, padding) and comes back in `labels` as `masks` (instance segmentation).
+    align_to_multiple_of (`int`, *optional*, defaults to `self.align_to_multiple_of`):
+        After the resize to `size`, resize each side once more, up to the next multiple of it (the authors'
+        `AlignResize`, which resizes where others pad). `None` keeps the size that `size` gives.
+    resize_backend (`str`, *optional*, defaults to `self.resize_backend`):
+        `"pil"` resizes with PIL (torchvision's arithmetic; antialiased when shrinking). `"opencv"` resizes 8-bit
+        images as `cv2.resize(..., INTER_LINEAR)` does, which is what mmcv, and so MMSegmentation's pipelines,
+        use: reproduced value for value in numpy (no OpenCV needed), without antialiasing. It needs bilinear
+        `resample`; float images and segmentation maps are still resized by PIL.
+    logits_stride (`int`, *optional*, defaults to `self.logits_stride`):
+        The stride of the model's segmentation logits relative to its input (4 for hf_pvt's Semantic FPN; 1 for
+        heads whose logits come at the input size). When set, `post_process_semantic_segmentation` resizes the
+        logits first to `logits_stride` times their size, the network input, and then to `target_sizes`, as
+        MMSegmentation's whole-image inference does. `None` resizes them straight to `target_sizes`.
     """
 
     do_reduce_labels: bool
     do_horizontal_flip: bool
     pad_size_divisor: int
+    return_segmentation_masks: bool
+    align_to_multiple_of: int | None
+    resize_backend: str
+    logits_stride: int | None
 
 
 class HfPvtImageProcessor(PilBackend):
@@ -70,6 +104,10 @@ class HfPvtImageProcessor(PilBackend):
 
     For object detection use [`~HfPvtImageProcessor.for_object_detection`]: the RetinaNet transform of
     the papers (mmdet): keep-ratio resize into 1333x800, bilinear, no crop, padding to a multiple of 32.
+
+    For the released Semantic FPN segmenters use [`~HfPvtImageProcessor.for_semantic_segmentation`]: the authors'
+    ADE20K test transform (keep-ratio into 2048x512, then each side resized to a multiple of 32, both with OpenCV's
+    bilinear arithmetic) and MMSegmentation's whole-image post-processing.
 
     `size` is `{"shortest_edge": n}` (aspect-preserving, long side `int(n * long / short)` as in
     `torchvision.transforms.Resize(n)`), `{"shortest_edge": s, "longest_edge": l}` (aspect-preserving,
@@ -104,6 +142,13 @@ class HfPvtImageProcessor(PilBackend):
     are clipped to the image and boxes left without area are dropped; negative widths/heights and other
     malformed entries raise a ValueError. `category_id` is used as the class label as given: map sparse
     ids (COCO's 1..90) to the model's contiguous 0..num_labels-1 before calling.
+
+    For instance segmentation use [`~HfPvtImageProcessor.for_instance_segmentation`] (the detection transform
+    with `return_segmentation_masks=True`): each annotation's `segmentation` (COCO polygons, uncompressed or
+    compressed RLE; decoded by pycocotools, `pip install pycocotools`) also comes back, in `labels` as `masks`
+    (n, H, W) bool at `pixel_values`' size, one per box: resized with the image by nearest neighbour (as
+    MMDetection resizes bitmap masks), flipped with it, zero in the padding. Crowd regions (`iscrowd=1`) are left
+    out with their boxes, as MMDetection's Mask R-CNN never trains on them (its `gt_bboxes_ignore`).
     """
 
     valid_kwargs = HfPvtImageProcessorKwargs
@@ -124,13 +169,19 @@ class HfPvtImageProcessor(PilBackend):
     do_horizontal_flip = False
     do_pad = False
     pad_size_divisor = 32
+    return_segmentation_masks = False
+    align_to_multiple_of = None
+    resize_backend = "pil"
+    logits_stride = None
 
     def __init__(self, **kwargs: Unpack[HfPvtImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
-        _check_size(self.size)
+        check_size(self.size)
         if self.crop_size is not None:
-            _check_height_width(self.crop_size, "crop_size")
-        _check_padding(self.pad_size_divisor, self.pad_size)
+            check_height_width(self.crop_size, "crop_size")
+        check_padding(self.pad_size_divisor, self.pad_size)
+        check_resize_options(self.align_to_multiple_of, self.resize_backend, self.resample)
+        check_logits_stride(self.logits_stride)
 
     @classmethod
     def for_dense_prediction(cls, height: int = 512, width: int = 512, **kwargs: Any) -> "HfPvtImageProcessor":
@@ -144,7 +195,13 @@ class HfPvtImageProcessor(PilBackend):
     def for_object_detection(cls, **kwargs: Any) -> "HfPvtImageProcessor":
         """The papers' RetinaNet transform (mmdet v2): keep-ratio resize so that the image fits 1333x800
         (`{"shortest_edge": 800, "longest_edge": 1333}`, mmcv rounding), bilinear, no crop, ImageNet
-        normalization, zero padding to a multiple of 32 with `pixel_mask`. Keyword arguments override.
+        normalization, zero padding with `pixel_mask`. Keyword arguments override.
+
+        The padding goes to one canvas for every image, the largest size `size` can give rounded up to 32
+        (1344x1344; none for a `size` without a bound), so that images processed one at a time stack into a batch,
+        as `pipeline(..., batch_size=n)` stacks them. `HfPvtForObjectDetection` reads each image's own area from
+        `pixel_mask` and leaves the rest of the canvas out, so the detections are those of MMDetection's padding to
+        a multiple of 32. `pad_size=None` pads each batch to its largest image instead.
         """
         defaults = {
             "size": {"shortest_edge": 800, "longest_edge": 1333},
@@ -153,7 +210,49 @@ class HfPvtImageProcessor(PilBackend):
             "do_pad": True,
             "pad_size_divisor": 32,
         }
-        return cls(**{**defaults, **kwargs})
+        options = {**defaults, **kwargs}
+        if "pad_size" not in kwargs:
+            options["pad_size"] = largest_padded_size(cls(**options))
+        return cls(**options)
+
+    @classmethod
+    def for_semantic_segmentation(cls, **kwargs: Any) -> "HfPvtImageProcessor":
+        """The authors' Semantic FPN test transform (MMSegmentation v0.13; `configs/_base_/datasets/ade20k.py` and
+        `align_resize.py` of their segmentation code): keep-ratio resize into 2048x512 (`{"shortest_edge": 512,
+        "longest_edge": 2048}`, mmcv rounding), then each side resized up to a multiple of 32 (`AlignResize`), both
+        with OpenCV's 8-bit bilinear arithmetic; ImageNet normalisation; ADE20K label reduction for segmentation
+        maps. `post_process_semantic_segmentation` then resizes the stride-4 logits to the network input and from
+        there to each image's original size, argmax last, as `EncoderDecoder.whole_inference`. Keyword arguments
+        override; `do_pad=True` pads every image to one canvas, the largest size the preset gives (2048x2048), so that
+        `pipeline("image-segmentation", batch_size=n)` can stack images of different sizes.
+        """
+        defaults = {
+            "size": {"shortest_edge": 512, "longest_edge": 2048},
+            "resample": PILImageResampling.BILINEAR,
+            "do_center_crop": False,
+            "align_to_multiple_of": 32,
+            "resize_backend": "opencv",
+            "logits_stride": 4,
+            "do_reduce_labels": True,
+        }
+        options = {**defaults, **kwargs}
+        if options.get("do_pad") and "pad_size" not in kwargs:
+            # One canvas for every image (2048x2048 for the preset's size), so that images processed one at a time
+            # stack into a batch, as `pipeline(..., batch_size=n)` stacks them; the model reads each image's area
+            # from `pixel_mask` and leaves the rest out.
+            options["pad_size"] = largest_padded_size(cls(**options))
+        return cls(**options)
+
+    @classmethod
+    def for_instance_segmentation(cls, **kwargs: Any) -> "HfPvtImageProcessor":
+        """The papers' Mask R-CNN transform (mmdet v2): the detection transform of `for_object_detection` (keep-ratio
+        into 1333x800, bilinear, no crop, padding to a multiple of 32 with `pixel_mask`) with
+        `return_segmentation_masks=True`, so COCO annotations also give the instance `masks`. Post-process with
+        `post_process_instance_segmentation` (one map per image) or `post_process_instances` (every instance's
+        own mask, for evaluation). Keyword arguments override.
+        """
+        # Padding per batch: Mask R-CNN computes over the whole padded input, so a fixed canvas would cost time.
+        return cls.for_object_detection(**{"return_segmentation_masks": True, "pad_size": None, **kwargs})
 
     def __call__(
         self,
@@ -190,48 +289,26 @@ class HfPvtImageProcessor(PilBackend):
     ) -> None:
         super()._validate_preprocess_kwargs(size=size, crop_size=crop_size, do_center_crop=do_center_crop, **kwargs)
         if kwargs.get("do_resize"):
-            _check_size(size)
+            check_size(size)
         if do_center_crop:
-            _check_height_width(crop_size, "crop_size")
+            check_height_width(crop_size, "crop_size")
         if kwargs.get("do_pad"):
-            _check_padding(kwargs.get("pad_size_divisor"), kwargs.get("pad_size"))
+            check_padding(kwargs.get("pad_size_divisor"), kwargs.get("pad_size"))
         if kwargs.get("do_normalize"):
-            # A zero or non-finite std would turn every pixel into inf/NaN without a word.
-            try:
-                std = np.atleast_1d(np.asarray(kwargs.get("image_std"), dtype=np.float64))
-            except (TypeError, ValueError):
-                std = np.array([np.nan])
-            if not np.all(np.isfinite(std) & (std > 0)):
-                raise ValueError(f"image_std must hold positive finite values, got {kwargs.get('image_std')}.")
+            check_image_std(kwargs.get("image_std"))
+        check_resize_options(
+            kwargs.get("align_to_multiple_of"),
+            kwargs.get("resize_backend", self.resize_backend),
+            kwargs.get("resample") if kwargs.get("do_resize") else None,
+        )
+        check_logits_stride(kwargs.get("logits_stride"))
 
     # ----------------------------------------------------------------------------- inputs
 
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
         # Replaces make_flat_list_of_images, which rejects 2-D grayscale arrays and empty lists
         # with an unhelpful "could not make a flat list" message.
-        if isinstance(images, (list, tuple)):
-            flat = [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
-            if not flat:
-                raise ValueError("Got an empty list of images: pass at least one image.")
-        else:
-            flat = [images]
-        result = []
-        for image in flat:
-            if isinstance(image, str):
-                image = _open_image_source(image)  # a local path, URL or base64 string
-            if not is_valid_image(image):
-                raise TypeError(
-                    f"Unsupported image type {type(image).__name__}: pass a PIL image, a numpy array, a torch "
-                    "tensor or a path/URL string (or a list of these)."
-                )
-            is_batch = not is_pil_image(image) and image.ndim == expected_ndims + 1
-            if is_batch and expected_ndims == 2 and image.shape[-1] in (1, 3, 4):
-                is_batch = False  # an (H, W, 1) map or a colour-coded mask, not a batch of thin maps
-            if is_batch:
-                result.extend(image)
-            else:
-                result.append(image)
-        return result
+        return flat_image_list(images, expected_ndims)
 
     def process_image(
         self,
@@ -244,43 +321,16 @@ class HfPvtImageProcessor(PilBackend):
         where = ""
         if is_pil_image(image):
             where = f" (a PIL image in mode {image.mode!r})"
-            image = _high_bit_depth_pil_to_numpy(image)
+            image = high_bit_depth_pil_to_numpy(image)
         if is_torch_tensor(image):
-            image = _tensor_to_numpy(image)
+            image = tensor_to_numpy(image)
         if isinstance(image, np.ndarray):
-            image = _check_pixel_array(image, input_data_format, where)
+            image = check_pixel_array(image, input_data_format, where)
             if image.ndim == 2:  # grayscale; the base RGB conversion only understands 3-D arrays
                 image, input_data_format = image[None], ChannelDimension.FIRST
         image = super().process_image(image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format)
-        if 0 in image.shape[-2:]:
-            raise ValueError(
-                f"Got an image of size {tuple(image.shape[-2:])} (height, width): images need at least one pixel "
-                "in each dimension."
-            )
+        check_image_size(image)
         return image
-
-    def _prepare_segmentation_map(self, seg_map: ImageInput) -> np.ndarray:
-        """One class-id map -> (1, H, W) array, uint8 when it fits (PIL's fast 8-bit path)."""
-        if is_torch_tensor(seg_map):
-            seg_map = _tensor_to_numpy(seg_map)
-        if is_pil_image(seg_map) and seg_map.mode in _PIL_16_BIT_MODES:
-            seg_map = np.asarray(seg_map).astype(np.int64)  # big-endian I;16B arrives as ">u2"
-        seg_map = np.asarray(seg_map)
-        if seg_map.ndim == 3 and 1 in (seg_map.shape[0], seg_map.shape[-1]):
-            seg_map = seg_map.reshape(seg_map.shape[1:] if seg_map.shape[0] == 1 else seg_map.shape[:-1])
-        if seg_map.ndim != 2:
-            raise ValueError(
-                f"A segmentation map must be a 2-D (height, width) array of class ids, got shape {seg_map.shape}. "
-                "Map colour-coded masks to class ids first."
-            )
-        if seg_map.dtype.kind not in "uif" or (
-            seg_map.dtype.kind == "f" and not (np.isfinite(seg_map).all() and np.all(seg_map == np.round(seg_map)))
-        ):
-            raise ValueError(f"A segmentation map must hold integer class ids, got dtype {seg_map.dtype}.")
-        seg_map = seg_map.astype(np.int64)
-        if seg_map.size and seg_map.min() >= 0 and seg_map.max() <= 255:
-            seg_map = seg_map.astype(np.uint8)
-        return seg_map[None]
 
     def _preprocess_image_like_inputs(
         self,
@@ -306,24 +356,19 @@ class HfPvtImageProcessor(PilBackend):
                     "Detection annotations need the whole image: set do_center_crop=False (for_object_detection() "
                     "does), since a crop would cut boxes."
                 )
-            targets = _prepare_detection_targets(annotations, [image.shape[-2:] for image in images])
+            targets = prepare_detection_targets(annotations, [image.shape[-2:] for image in images])
+            if kwargs["return_segmentation_masks"]:
+                from .instance_masks_hf_pvt import masks_for_targets
+
+                for target, masks in zip(targets, masks_for_targets(annotations, targets)):
+                    target["masks"] = masks
         data = {"pixel_values": self._preprocess(images, **kwargs)}
         # Sizes after resize/flip/crop, before padding: boxes follow the resize, the mask marks these pixels.
         sizes = [image.shape[-2:] for image in data["pixel_values"]]
 
         if segmentation_maps is not None:
-            maps = [self._prepare_segmentation_map(m) for m in self._prepare_images_structure(segmentation_maps, 2)]
-            if len(maps) != len(images):
-                raise ValueError(
-                    f"Got {len(images)} images but {len(maps)} segmentation maps: pass one (H, W) map per image "
-                    "(a 3-D array is read as a batch of maps)."
-                )
-            for image, seg_map in zip(images, maps):
-                if image.shape[-2:] != seg_map.shape[-2:]:
-                    raise ValueError(
-                        f"A segmentation map of size {seg_map.shape[-2:]} does not match its image of size "
-                        f"{image.shape[-2:]} (height, width): they must share one geometry."
-                    )
+            maps = [segmentation_map_array(m) for m in flat_image_list(segmentation_maps, 2)]
+            check_maps_match_images(images, maps)
             if kwargs["do_reduce_labels"]:
                 maps = [self.reduce_label(m) for m in maps]
             map_kwargs = {**kwargs, "do_rescale": False, "do_normalize": False, "resample": PILImageResampling.NEAREST}
@@ -342,13 +387,7 @@ class HfPvtImageProcessor(PilBackend):
             data["labels"] = [m[0].astype(np.int64) for m in data["labels"]]
 
         if return_tensors is not None:
-            for key, arrays in data.items():
-                if len({a.shape for a in arrays}) > 1:
-                    raise ValueError(
-                        f"The {key} of this batch have different sizes {sorted({a.shape for a in arrays})}, so they "
-                        'cannot be stacked: use do_pad=True, a fixed size ({"height": h, "width": w}) or '
-                        "do_center_crop=True, or process the images one at a time."
-                    )
+            check_stackable(data)
         features = BatchFeature(data=data, tensor_type=return_tensors)
         if targets is not None:
             features["labels"] = [
@@ -377,12 +416,21 @@ class HfPvtImageProcessor(PilBackend):
         image_std: float | tuple[float, ...],
         do_horizontal_flip: bool = False,
         fill: int = 0,
+        align_to_multiple_of: int | None = None,
+        resize_backend: str = "pil",
         **kwargs: Any,
     ) -> list[np.ndarray]:
         processed = []
         for image in images:
             if do_resize:
-                image = self.resize(image, size, resample)
+                image = self.resize(image, size, resample, resize_backend=resize_backend)
+                if align_to_multiple_of:
+                    # AlignResize: a second resize (not a pad) of each side up to the next multiple.
+                    height, width = (
+                        -(-side // align_to_multiple_of) * align_to_multiple_of for side in image.shape[-2:]
+                    )
+                    aligned = SizeDict(height=height, width=width)
+                    image = self.resize(image, aligned, resample, resize_backend=resize_backend)
             if do_horizontal_flip:  # after the resize, as mmdet's RandomFlip
                 image = np.ascontiguousarray(image[..., ::-1])
             if do_center_crop:
@@ -399,20 +447,25 @@ class HfPvtImageProcessor(PilBackend):
         image: np.ndarray,
         size: SizeDict,
         resample: PILImageResampling | int | None = None,
+        resize_backend: str | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Resize a (C, H, W) array with PIL, as torchvision's `Resize` does on PIL images.
+        """Resize a (C, H, W) array with PIL, as torchvision's `Resize` does on PIL images, or, with
+        `resize_backend="opencv"`, 8-bit images as OpenCV's bilinear `cv2.resize` does.
 
         When enlarging (every COCO image under the detection preset), PIL's bilinear filter is mmcv/OpenCV's
         half-pixel bilinear interpolation (8-bit results may round one level apart); when shrinking, PIL
         antialiases where OpenCV samples.
         """
-        _check_size(size)
+        check_size(size)
         resample = self.resample if resample is None else resample
+        resize_backend = self.resize_backend if resize_backend is None else resize_backend
         height, width = image.shape[-2:]
         new_height, new_width = resized_size(height, width, size)
         if (new_height, new_width) == (height, width):
             return image
+        if resize_backend == "opencv" and image.dtype == np.uint8 and int(resample) == PILImageResampling.BILINEAR:
+            return opencv_bilinear_resize(image, new_height, new_width)
         if image.dtype == np.uint8 and image.shape[0] in (1, 3):
             # 8-bit PIL images: the exact arithmetic (and rounding) of the original pipeline.
             pil = PIL.Image.fromarray(image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1))
@@ -433,7 +486,7 @@ class HfPvtImageProcessor(PilBackend):
 
     def center_crop(self, image: np.ndarray, size: SizeDict, fill: int = 0, **kwargs: Any) -> np.ndarray:
         """torchvision's `CenterCrop`: top = int(round((H - h) / 2)), zero-padding an image smaller than the crop."""
-        _check_height_width(size, "crop_size")
+        check_height_width(size, "crop_size")
         crop_height, crop_width = size.height, size.width
         pad_height, pad_width = max(crop_height - image.shape[-2], 0), max(crop_width - image.shape[-1], 0)
         if pad_height or pad_width:
@@ -479,20 +532,32 @@ class HfPvtImageProcessor(PilBackend):
         loss). Each map is bilinearly upsampled (align_corners=False) to its `target_sizes` entry (a list of
         (height, width) pairs or a (B, 2) tensor, e.g. the original sizes) before the argmax; without
         `target_sizes` the logits' own size is kept. Upsampling to the original size is only meaningful when
-        preprocessing kept the whole image (`do_center_crop=False`).
+        preprocessing kept the whole image (`do_center_crop=False`). With `logits_stride` set (the semantic
+        segmentation preset: 4), the logits are first resized to that multiple of their size, the network input,
+        and from there to the target size, as MMSegmentation's `EncoderDecoder.whole_inference`.
+
+        For a padded batch (`pixel_mask`), Semantic FPN's output says where each image's logits are
+        (`logits_sizes`): only those are used, so an image's map is what it would be alone.
 
         With `return_segmentation_scores=True` each item is a `SemanticSegmentationPostProcessorOutput` with
         `segmentation` (H, W) and `segmentation_scores` (num_labels, H, W): the (upsampled) logits.
         """
         import torch.nn.functional as F
 
-        logits = _semantic_logits(outputs)
-        sizes = _check_target_sizes(target_sizes, len(logits), "logits")
+        logits = semantic_logits(outputs)
+        sizes = check_target_sizes(target_sizes, len(logits), "logits")
+        regions = semantic_logits_sizes(outputs, logits)
         results = []
         for index, logit in enumerate(logits):
+            if regions is not None:  # padded inputs: each image's own logits only
+                logit = logit[:, : regions[index][0], : regions[index][1]]
             scores = logit
             if sizes is not None:
-                upsampled = F.interpolate(logit[None].float(), size=sizes[index], mode="bilinear", align_corners=False)
+                upsampled = logit[None].float()
+                if self.logits_stride:
+                    input_size = [side * self.logits_stride for side in upsampled.shape[-2:]]
+                    upsampled = F.interpolate(upsampled, size=input_size, mode="bilinear", align_corners=False)
+                upsampled = F.interpolate(upsampled, size=sizes[index], mode="bilinear", align_corners=False)
                 scores = upsampled[0]
             segmentation = scores.argmax(dim=0)
             if return_segmentation_scores:
@@ -516,7 +581,7 @@ class HfPvtImageProcessor(PilBackend):
     ) -> list[dict[str, "torch.Tensor"]]:
         """RetinaNet outputs -> per image {"scores" (k,), "labels" (k,) int64, "boxes" (k, 4) (x1, y1, x2, y2)}.
 
-        mmdet v2.13's test procedure (`detection_hf_pvt.retinanet_postprocess`): per level the `nms_pre` best
+        mmdet v2.13's test procedure (`retinanet_hf_pvt.retinanet_postprocess`): per level the `nms_pre` best
         anchors (<= 0: all), decoded and clipped to the image's valid region (`outputs.image_sizes`); then
         (anchor, class) pairs scoring above `threshold`, class-wise NMS at `iou_threshold`, at most
         `max_per_image` detections (<= 0: all), best first. Boxes are in pixels of the resized image, or, with
@@ -524,28 +589,22 @@ class HfPvtImageProcessor(PilBackend):
         `target / image_sizes` and clipped to the target. Boxes and scores are float32.
 
         `outputs`: the model output (`HfPvtObjectDetectionOutput` or a dict with `logits`, `pred_box_deltas`,
-        `anchors`, `image_sizes`) or its `return_dict=False` tuple, with or without the leading losses.
+        `anchors`, `spatial_shapes`, `image_sizes`) or its `return_dict=False` tuple, with or without the leading
+        losses; or the per-level maps of hf_pvt's ONNX export (tuples of `logits` and `pred_box_deltas` maps, with
+        per-level `anchors` and `image_sizes`).
         """
         import torch
 
-        from .detection_hf_pvt import retinanet_postprocess
+        from .retinanet_hf_pvt import retinanet_postprocess
 
-        for name, value in (("nms_pre", nms_pre), ("max_per_image", max_per_image)):
-            if not _is_int(value):
-                raise TypeError(f"{name} must be an integer (<= 0 keeps everything), got {value!r}.")
-        for name, value in (("threshold", threshold), ("iou_threshold", iou_threshold)):
-            if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
-        logits, box_deltas, anchors, image_sizes = _detection_fields(outputs)
-        batch_size = len(logits[0])
-        sizes = _check_target_sizes(target_sizes, batch_size, "detections")
+        check_detection_postprocess_arguments(threshold, nms_pre, iou_threshold, max_per_image)
+        batch_size, image_levels, image_sizes = detection_fields(outputs)
+        sizes = check_target_sizes(target_sizes, batch_size, "detections")
         results = []
         for index in range(batch_size):
             valid_height, valid_width = (int(v) for v in image_sizes[index])
             detections = retinanet_postprocess(
-                [level[index] for level in logits],
-                [level[index] for level in box_deltas],
-                list(anchors),
+                *image_levels(index),
                 (valid_height, valid_width),
                 score_threshold=float(threshold),
                 nms_pre=nms_pre,
@@ -562,6 +621,72 @@ class HfPvtImageProcessor(PilBackend):
                 boxes = torch.minimum((boxes * scale).clamp(min=0), limit)
             results.append({"scores": detections["scores"], "labels": detections["labels"], "boxes": boxes})
         return results
+
+    def post_process_instance_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_coco_annotation: bool = False,
+        return_binary_maps: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Mask R-CNN outputs -> per image Transformers' instance segmentation result (Mask2Former's format):
+        `{"segmentation": (H, W) int64 map of instance ids, -1 where there is none, "segments_info": [{"id",
+        "label_id", "was_fused": False, "score"}, ...]}`, instances best first.
+
+        The instances are those of `post_process_instances` scoring above `threshold` (masks pasted at
+        `mask_threshold`, at `target_sizes` or at the images' processed size). One map cannot show overlaps: each
+        instance takes its pixels not yet taken by a better one, and an instance left with no more than
+        `overlap_mask_area_threshold` of its own area is dropped (its pixels go to the instances below it). For
+        every instance's whole mask (evaluation, COCO results) use `post_process_instances`.
+
+        `return_coco_annotation=True` gives `segmentation` as a list of COCO RLE dicts, one per `segments_info`
+        entry (the pixels the map gives it); `return_binary_maps=True` as an (n, H, W) bool tensor of the placed
+        instances' whole masks.
+
+        The image-segmentation pipeline asks every processor that has this method for instances first. A semantic
+        segmentation output (4-D `logits`, e.g. Semantic FPN saved with this processor class) therefore comes back
+        as `post_process_semantic_segmentation` gives it, in this format: the class-id map with one segment per
+        class present (`id` = `label_id` = the class, `score` None), which is what the pipeline's semantic
+        subtask returns; `threshold` and the mask arguments do not apply to it.
+        """
+        from .instance_masks_hf_pvt import instance_segmentation_results
+
+        return instance_segmentation_results(
+            outputs,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            target_sizes,
+            return_coco_annotation,
+            return_binary_maps,
+            semantic_postprocess=self.post_process_semantic_segmentation,
+        )
+
+    def post_process_instances(
+        self,
+        outputs: Any,
+        threshold: float = 0.05,
+        mask_threshold: float = 0.5,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_rle: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Mask R-CNN outputs -> every instance of each image with its own whole mask (overlaps kept), as
+        MMDetection v2.13 evaluates it: `{"scores" (k,), "labels" (k,) int64, "boxes" (k, 4) x1, y1, x2, y2,
+        "masks" (k, H, W) bool}`, best first, plus `"rles"` (k COCO compressed RLE dicts, what pycocotools' `segm`
+        evaluation reads) with `return_rle=True`.
+
+        Detections scoring above `threshold` (the papers' 0.05; the model already stops at
+        `config.rcnn_score_threshold`); each 28x28 mask probability map is pasted over its box by bilinear
+        sampling and thresholded at `mask_threshold` (>=). Boxes and masks are in pixels of `target_sizes` (a
+        list of (height, width) or a (B, 2) tensor, usually the original sizes) or, without it, of the processed
+        image without its padding (`outputs.image_sizes`). `outputs` must come from the model in evaluation mode.
+        """
+        from .instance_masks_hf_pvt import instance_results
+
+        return instance_results(outputs, threshold, mask_threshold, target_sizes, return_rle)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -583,6 +708,24 @@ def resized_size(height: int, width: int, size: SizeDict | dict) -> tuple[int, i
     return size.height, size.width
 
 
+def largest_padded_size(processor: "HfPvtImageProcessor") -> dict[str, int] | None:
+    """The largest (height, width) `processor` can give an image, rounded up to its `pad_size_divisor`: a canvas every
+    image fits, or None when `size` sets no bound (`{"shortest_edge": n}` alone) or the processor does not resize."""
+    size, divisor = processor.size, processor.pad_size_divisor
+    if not processor.do_resize or size is None:
+        return None
+    if size.height and size.width:
+        height, width = size.height, size.width
+    elif size.longest_edge:
+        height = width = size.longest_edge
+    else:
+        return None
+    align = processor.align_to_multiple_of
+    if align:
+        height, width = (-(-side // align) * align for side in (height, width))
+    return {"height": -(-height // divisor) * divisor, "width": -(-width // divisor) * divisor}
+
+
 def _segmentation_output(data: dict) -> BatchFeature:
     # Transformers >= 5.x returns this BatchFeature subclass; older 5.x releases lack it, and a plain
     # BatchFeature offers the same item and attribute access.
@@ -591,175 +734,6 @@ def _segmentation_output(data: dict) -> BatchFeature:
     except ImportError:
         return BatchFeature(data=data)
     return SemanticSegmentationPostProcessorOutput(data=data)
-
-
-def _semantic_logits(outputs: Any) -> "torch.Tensor":
-    """The segmentation logits of a model output, a dict, or a `return_dict=False` tuple."""
-    if isinstance(outputs, dict):  # ModelOutput is a dict too
-        logits = outputs.get("logits")
-    elif isinstance(outputs, (tuple, list)):
-        items = list(outputs)
-        if items and is_torch_tensor(items[0]) and items[0].ndim == 0:
-            items = items[1:]  # (loss, logits, ...) when the model was given labels
-        logits = items[0] if items else None
-    elif is_torch_tensor(outputs):
-        logits = outputs
-    else:
-        logits = getattr(outputs, "logits", None)
-    if not is_torch_tensor(logits) or logits.ndim != 4:
-        found = f"shape {tuple(logits.shape)}" if is_torch_tensor(logits) else type(logits).__name__
-        raise TypeError(
-            f"outputs must be a segmentation model's output with logits of shape (batch, num_labels, height, "
-            f"width) (a ModelOutput, a dict with 'logits', or the return_dict=False tuple); got logits {found}."
-        )
-    return logits
-
-
-_DETECTION_FIELDS = ("logits", "pred_box_deltas", "anchors", "image_sizes")
-
-
-def _detection_fields(outputs: Any) -> tuple:
-    """(logits, pred_box_deltas, anchors, image_sizes) of a detection output, a dict or a return_dict=False tuple."""
-    if isinstance(outputs, dict):  # ModelOutput is a dict too
-        fields = [outputs.get(name) for name in _DETECTION_FIELDS]
-    elif isinstance(outputs, (tuple, list)):
-        items = list(outputs)
-        if items and is_torch_tensor(items[0]) and items[0].ndim == 0:
-            items = items[1:]  # the loss, when the model was given labels ...
-        if items and isinstance(items[0], dict):
-            items = items[1:]  # ... and the loss_dict after it
-        fields = (items + [None] * 4)[:4]
-    else:
-        fields = [getattr(outputs, name, None) for name in _DETECTION_FIELDS]
-    logits, box_deltas, anchors, image_sizes = fields
-    levels_ok = all(
-        isinstance(levels, (tuple, list)) and levels and all(is_torch_tensor(t) for t in levels)
-        for levels in (logits, box_deltas, anchors)
-    )
-    if not levels_ok or not is_torch_tensor(image_sizes):
-        missing = [name for name, value in zip(_DETECTION_FIELDS, fields) if value is None]
-        raise TypeError(
-            "outputs must be HfPvtForObjectDetection's output: per-level tuples logits, pred_box_deltas and anchors, "
-            "and image_sizes (batch, 2) (a ModelOutput, a dict, or the return_dict=False tuple)"
-            + (f"; missing {missing}." if missing else "; got other types.")
-        )
-    if not len(logits) == len(box_deltas) == len(anchors):
-        raise ValueError(
-            f"outputs hold {len(logits)} levels of logits, {len(box_deltas)} of pred_box_deltas and {len(anchors)} "
-            "of anchors: they must match."
-        )
-    if image_sizes.shape != (len(logits[0]), 2):
-        raise ValueError(
-            f"outputs.image_sizes must be (batch, 2) = ({len(logits[0])}, 2), got {tuple(image_sizes.shape)}."
-        )
-    return logits, box_deltas, anchors, image_sizes
-
-
-def _check_target_sizes(target_sizes: Any, batch_size: int, what: str) -> list[tuple[int, int]] | None:
-    """`target_sizes` as a list of (height, width) int pairs, one per image; None stays None."""
-    if target_sizes is None:
-        return None
-    if hasattr(target_sizes, "tolist"):  # a (B, 2) tensor or array
-        target_sizes = target_sizes.tolist()
-    if len(target_sizes) != batch_size:
-        raise ValueError(
-            f"Got {len(target_sizes)} target sizes for a batch of {batch_size} {what}: pass one (height, width) "
-            "per image."
-        )
-    sizes = []
-    for size in target_sizes:
-        size = size.tolist() if hasattr(size, "tolist") else size
-        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_positive_whole(s) for s in size)):
-            raise ValueError(
-                f"Each entry of target_sizes must be a (height, width) pair of positive integers, got {size!r}."
-            )
-        sizes.append((int(size[0]), int(size[1])))
-    return sizes
-
-
-def _open_image_source(source: str) -> PIL.Image.Image:
-    """A path, http(s) URL or base64 string -> PIL image in its stored mode, upright per its EXIF tag.
-
-    Transformers' `load_image` converts to RGB, which saturates 16-bit images and turns class-id maps
-    (mode P / L / I) into colours; here the mode is kept and decided on later.
-    """
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source) as response:  # follows redirects, raises on HTTP errors
-            image = PIL.Image.open(BytesIO(response.read()))
-    elif os.path.isfile(source):
-        image = PIL.Image.open(source)
-    else:
-        try:
-            encoded = source.split(",", 1)[1] if source.startswith("data:image/") else source
-            image = PIL.Image.open(BytesIO(base64.b64decode(encoded, validate=True)))
-        except (binascii.Error, ValueError, IndexError, OSError):
-            raise ValueError(
-                f"Image source {source[:100]!r} is not an existing file, an http(s) URL or a base64-encoded image."
-            ) from None
-    image.load()
-    return PIL.ImageOps.exif_transpose(image)
-
-
-def _high_bit_depth_pil_to_numpy(image: PIL.Image.Image) -> np.ndarray | PIL.Image.Image:
-    """16-bit PIL images -> float pixels in [0, 1]; mode F -> its float pixels (range-checked later)."""
-    if image.mode in _PIL_16_BIT_MODES:
-        return np.asarray(image).astype(np.float32) / 65535.0
-    if image.mode == "F":
-        return np.asarray(image, dtype=np.float32)
-    if image.mode in ("I", "I;32", "I;32L", "I;32B"):
-        raise ValueError(
-            f"PIL mode {image.mode!r} images hold 32-bit integers with no defined pixel range, so they cannot be "
-            "scaled to [0, 1] safely (converting them to RGB would saturate every value above 255). Pass "
-            "`np.asarray(image) / max_value` as a float array in [0, 1], or an 8-bit image."
-        )
-    return image  # CMYK, YCbCr, HSV...: PIL converts these to RGB itself
-
-
-def _tensor_to_numpy(tensor: "torch.Tensor") -> np.ndarray:
-    # numpy has no bfloat16: floats go through float32 (exact for bf16/fp16, harmless for fp32).
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
-
-
-def _is_int(value: Any, allow_bool: bool = False) -> bool:
-    return isinstance(value, (int, np.integer)) and (allow_bool or not isinstance(value, bool))
-
-
-def _is_positive_int(value: Any) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _is_positive_whole(value: Any) -> bool:
-    # target sizes may come from a float tensor: 480.0 is a size, 480.5 is not
-    if isinstance(value, (float, np.floating)):
-        return value > 0 and float(value).is_integer()
-    return _is_positive_int(value)
-
-
-def _check_size(size: SizeDict | dict | None) -> None:
-    size = dict(size) if size is not None else {}
-    if set(size) not in ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"height", "width"}):
-        raise ValueError(
-            f'size must be {{"shortest_edge": n}}, {{"shortest_edge": n, "longest_edge": m}} or {{"height": h, '
-            f'"width": w}}, got {size}.'
-        )
-    if not all(_is_positive_int(v) for v in size.values()):
-        raise ValueError(
-            f'size must hold positive integers, got {size}: e.g. size={{"shortest_edge": 256}} or '
-            'size={"height": 512, "width": 512}.'
-        )
-    if "longest_edge" in size and size["longest_edge"] < size["shortest_edge"]:
-        raise ValueError(f"size['longest_edge'] must be at least size['shortest_edge'], got {size}.")
-
-
-def _check_padding(pad_size_divisor: Any, pad_size: SizeDict | dict | None) -> None:
-    if not _is_positive_int(pad_size_divisor):
-        raise ValueError(
-            f"pad_size_divisor must be a positive integer (1 pads to the batch's largest image), got "
-            f"{pad_size_divisor!r}."
-        )
-    if pad_size is not None:
-        _check_height_width(pad_size, "pad_size")
 
 
 def _padded_size(sizes: list[tuple[int, int]], divisor: int, pad_size: SizeDict | None) -> tuple[int, int]:
@@ -773,97 +747,6 @@ def _padded_size(sizes: list[tuple[int, int]], divisor: int, pad_size: SizeDict 
             )
         return pad_size.height, pad_size.width
     return -(-height // divisor) * divisor, -(-width // divisor) * divisor
-
-
-def _check_height_width(size: SizeDict | dict | None, name: str) -> None:
-    size = dict(size) if size is not None else {}
-    if set(size) != {"height", "width"} or not all(_is_positive_int(v) for v in size.values()):
-        raise ValueError(
-            f'{name} must be {{"height": h, "width": w}} with positive integers (or one positive int for a square), '
-            f"got {size}."
-        )
-
-
-COCO_DETECTION_FORMAT = (
-    '{"image_id": int, "annotations": [{"bbox": [x, y, width, height], "category_id": int, "iscrowd": 0 or 1}, ...]}'
-)
-
-
-def _prepare_detection_targets(annotations: Any, image_sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """COCO detection annotations -> per image {"boxes": (n, 4) absolute xyxy float64, "class_labels", ...}.
-
-    As Transformers' DETR processor: crowd boxes are left out, boxes are clipped to the image and boxes
-    without area after clipping are dropped. Malformed entries raise, naming the entry.
-    """
-    if isinstance(annotations, dict):
-        annotations = [annotations]
-    if not isinstance(annotations, (list, tuple)):
-        raise TypeError(
-            f"annotations must be one dict per image in COCO detection format {COCO_DETECTION_FORMAT}, got "
-            f"{type(annotations).__name__}."
-        )
-    if len(annotations) != len(image_sizes):
-        raise ValueError(
-            f"Got {len(image_sizes)} images but {len(annotations)} annotations: pass one annotation dict per image "
-            "(an image without objects has an empty 'annotations' list)."
-        )
-    targets = []
-    for index, (annotation, (height, width)) in enumerate(zip(annotations, image_sizes)):
-        where = f"annotations[{index}]"
-        if (
-            not isinstance(annotation, dict)
-            or "image_id" not in annotation
-            or not isinstance(annotation.get("annotations"), (list, tuple))
-        ):
-            found = sorted(annotation) if isinstance(annotation, dict) else type(annotation).__name__
-            raise ValueError(f"{where} must be a dict in COCO detection format {COCO_DETECTION_FORMAT}, got {found}.")
-        image_id = annotation["image_id"]
-        if not _is_int(image_id):
-            raise TypeError(f"{where}['image_id'] must be an integer, got {image_id!r}.")
-        boxes, class_labels = [], []
-        for number, obj in enumerate(annotation["annotations"]):
-            entry = f"{where}['annotations'][{number}]"
-            if not isinstance(obj, dict) or "bbox" not in obj or "category_id" not in obj:
-                found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise ValueError(
-                    f"{entry} must be a dict with 'bbox' [x, y, width, height] and 'category_id', got {found}."
-                )
-            try:
-                bbox = np.asarray(obj["bbox"], dtype=np.float64)
-            except (TypeError, ValueError):
-                bbox = None
-            if bbox is None or bbox.shape != (4,) or not np.isfinite(bbox).all():
-                raise ValueError(
-                    f"{entry}['bbox'] must be 4 finite numbers [x, y, width, height], got {obj['bbox']!r}."
-                )
-            if bbox[2] < 0 or bbox[3] < 0:
-                raise ValueError(
-                    f"{entry}['bbox'] {obj['bbox']!r} has a negative width or height: COCO boxes are [x, y, width, "
-                    "height] with (x, y) the top-left corner; convert corner boxes [x1, y1, x2, y2] first."
-                )
-            category_id = obj["category_id"]
-            if not _is_int(category_id) or category_id < 0:
-                raise ValueError(f"{entry}['category_id'] must be a non-negative integer, got {category_id!r}.")
-            iscrowd = obj.get("iscrowd", 0)
-            if not _is_int(iscrowd, allow_bool=True) or iscrowd not in (0, 1):
-                raise ValueError(f"{entry}['iscrowd'] must be 0 or 1, got {iscrowd!r}.")
-            if iscrowd:
-                continue  # crowd regions are not instances to detect (DETR and mmdet leave them out)
-            boxes.append([bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]])
-            class_labels.append(int(category_id))
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        targets.append(
-            {
-                "boxes": boxes[keep],
-                "class_labels": np.asarray(class_labels, dtype=np.int64).reshape(-1)[keep],
-                "image_id": np.asarray([image_id], dtype=np.int64),
-                "orig_size": np.asarray([height, width], dtype=np.int64),
-            }
-        )
-    return targets
 
 
 def _detection_labels(
@@ -885,59 +768,47 @@ def _detection_labels(
         ],
         axis=-1,
     ).reshape(-1, 4)
-    return {
+    labels = {
         "class_labels": target["class_labels"],
         "boxes": center_size.astype(np.float32),
         "image_id": target["image_id"],
         "orig_size": target["orig_size"],
         "size": np.asarray(canvas_size, dtype=np.int64),
     }
+    if "masks" in target:  # instance masks follow the image: resize, flip, padding
+        from .instance_masks_hf_pvt import place_masks
 
-
-def _check_pixel_array(
-    image: np.ndarray, input_data_format: str | ChannelDimension | None, where: str = ""
-) -> np.ndarray:
-    """Validate a numpy image and bring it to uint8 or float32; errors say what to change.
-
-    `where` names the input's origin in the messages, e.g. " (a PIL image in mode 'F')".
-    """
-    if image.ndim == 3:
-        if input_data_format is not None:
-            channels = image.shape[0 if ChannelDimension(input_data_format) == ChannelDimension.FIRST else -1]
-            valid = channels in (1, 3, 4)
-        else:
-            valid = image.shape[0] in (1, 3, 4) or image.shape[-1] in (1, 3, 4)
-        if not valid:
-            raise ValueError(
-                f"Images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels in the first or last axis, got shape "
-                f"{image.shape}. Convert the image to RGB first, or pass a list for a batch of 2-D grayscale images."
-            )
-    elif image.ndim != 2:
-        raise ValueError(
-            f"An image must be a 2-D (H, W) or 3-D (C, H, W) / (H, W, C) array, got shape {image.shape}. "
-            "Pass a batch as a list or a 4-D array."
-        )
-    if image.dtype.kind in "ui":
-        if image.size and (image.min() < 0 or image.max() > 255):
-            raise ValueError(
-                f"Integer pixel values must lie in [0, 255], got [{image.min()}, {image.max()}]. Convert the image "
-                "to 8 bits first, or pass 16-bit pixels as floats in [0, 1] (pixels / 65535)."
-            )
-        return image.astype(np.uint8, copy=False)
-    if image.dtype.kind == "f":
-        if image.size and not np.isfinite(image).all():
-            raise ValueError(
-                f"Float pixel values must be finite, got NaN or infinity{where}. Replace them (e.g. with "
-                "np.nan_to_num) before preprocessing."
-            )
-        if image.size and (image.min() < 0 or image.max() > 1):
-            raise ValueError(
-                f"Float pixel values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]{where}. Pass "
-                "uint8 pixels or floats scaled to [0, 1] (divide by 255 for 8-bit values); float inputs must not be "
-                "normalized already."
-            )
-        return image.astype(np.float32, copy=False)
-    raise ValueError(f"Unsupported pixel dtype {image.dtype}: pass uint8 pixels or floats in [0, 1].")
+        labels["masks"] = place_masks(target["masks"], image_size, canvas_size, flipped)
+    return labels
 
 
 __all__ = ["HfPvtImageProcessor"]
+
+
+def _opencv_taps(source: int, target: int, clamp_weights: bool) -> tuple[np.ndarray, ...]:
+    """Source indices and 11-bit fixed-point weights of OpenCV's bilinear resize along one axis: half-pixel centres
+    in float32, each weight rounded on its own. Columns outside the image take the border pixel with weight one;
+    rows keep the computed weights and only clamp their indices (OpenCV's two passes differ there, and 8-bit
+    results show it)."""
+    centre = ((np.arange(target) + 0.5) * (source / target) - 0.5).astype(np.float32)
+    first = np.floor(centre).astype(np.int64)
+    fraction = centre - first.astype(np.float32)
+    if clamp_weights:
+        fraction[(first < 0) | (first >= source - 1)] = 0.0
+    weight_first = np.rint((np.float32(1.0) - fraction) * np.float32(2048)).astype(np.int64)
+    weight_second = np.rint(fraction * np.float32(2048)).astype(np.int64)
+    return np.clip(first, 0, source - 1), np.clip(first + 1, 0, source - 1), weight_first, weight_second
+
+
+def opencv_bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A (C, H, W) uint8 image resized as `cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)` on
+    its (H, W, C) layout: a horizontal pass kept in 11-bit fixed point, then the vertical pass in the rounding of
+    OpenCV's vectorised code (each product shifted down by 4 and 16 bits before the sum, then 2 more, rounded).
+    Equal value for value to OpenCV 4.5 and 5.1 on the cases tests/fixtures/opencv_bilinear_cases.npz records."""
+    x_first, x_second, wx_first, wx_second = _opencv_taps(image.shape[-1], width, clamp_weights=True)
+    y_first, y_second, wy_first, wy_second = _opencv_taps(image.shape[-2], height, clamp_weights=False)
+    pixels = image.astype(np.int64)
+    rows = pixels[..., x_first] * wx_first + pixels[..., x_second] * wx_second
+    top = ((rows[:, y_first] >> 4) * wy_first[:, None]) >> 16
+    bottom = ((rows[:, y_second] >> 4) * wy_second[:, None]) >> 16
+    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)

@@ -1,7 +1,7 @@
 """Plain-PyTorch reference of the original PVT v1 / PVTv2 models (tests only).
 
-Written from the architecture facts in SPEC §1, with attribute names chosen so that
-``state_dict()`` reproduces the authors' released checkpoint layout (SPEC §3) key for key.
+Written from the papers (arXiv 2102.12122, 2106.13797) and the authors' `pvt.py` / `pvt_v2.py`, with attribute
+names chosen so that ``state_dict()`` reproduces the keys of their released `.pth` files one for one.
 Tests use it two ways: as the numerical ground truth that ``hf_pvt`` must match exactly, and
 as a factory for original-layout checkpoints that the converters must accept.
 
@@ -312,7 +312,7 @@ def _variant(
     }
 
 
-# The 11 released models (SPEC §2).
+# The 11 released models (the papers' classification tables).
 VARIANTS: dict[str, dict[str, Any]] = {
     "pvt_tiny": _variant(1, _WIDE, [8, 8, 4, 4], [2, 2, 2, 2]),
     "pvt_small": _variant(1, _WIDE, [8, 8, 4, 4], [3, 4, 6, 3]),

@@ -1,10 +1,11 @@
 """Plain-PyTorch reference of the authors' RetinaNet detectors (MMDetection v2.13), for tests only.
 
-Written from SPEC §6 and MMDetection v2.13's behaviour, independently of hf_pvt (it imports nothing from it):
-module names reproduce mmdet's checkpoint keys (`backbone.*`, `neck.lateral_convs.k.conv.*`,
-`bbox_head.cls_convs.k.conv.*`, `bbox_head.retina_cls.*`, ...), so `{'state_dict': model.state_dict()}` is a
-checkpoint in the authors' layout. Tests use it as the ground truth of the whole detection path: FPN, head,
-anchors, delta decoding, per-level top-k, score threshold, class-wise greedy NMS and the per-image cap.
+Written from the authors' `retinanet_pvt_*_fpn_1x_coco.py` configs and MMDetection v2.13's behaviour,
+independently of hf_pvt (it imports nothing from it): module names reproduce mmdet's checkpoint keys (`backbone.*`,
+`neck.lateral_convs.k.conv.*`, `bbox_head.cls_convs.k.conv.*`, `bbox_head.retina_cls.*`, ...), so
+`{'state_dict': model.state_dict()}` is a checkpoint in the authors' layout. Tests use it as the ground truth of
+the whole detection path: FPN, head, anchors, delta decoding, per-level top-k, score threshold, class-wise greedy
+NMS and the per-image cap.
 
 Deliberately simple rather than fast: NMS is the textbook greedy loop, one class at a time.
 """

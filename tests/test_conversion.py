@@ -17,31 +17,23 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_CHECKPOINT, TINY_HEADS, tiny_reference
 
 import hf_pvt  # noqa: F401  (registers the Auto classes)
-from conversion import convert as convert_module
-from conversion import model_card, output_folder, verify
-from conversion.convert import ConversionError, convert, detect_architecture, main, match_preset
 from hf_pvt import HfPvtBackbone, HfPvtConfig, HfPvtForImageClassification
+from hf_pvt import model_cards as model_card
+from hf_pvt.conversion import cli, output_folder, verify
+from hf_pvt.conversion import convert as convert_module
+from hf_pvt.conversion.cli import main
+from hf_pvt.conversion.convert import convert
+from hf_pvt.conversion.detect import detect_architecture, match_preset
+from hf_pvt.conversion.sources import ConversionError
 from tests.reference_pvt import VARIANTS, build_reference, random_init_
 
 REPO = Path(__file__).resolve().parent.parent
 COCO = REPO / "tests" / "fixtures" / "coco_000000039769.png"
-TINY = {
-    "embed_dims": [16, 32, 48, 64],
-    "num_heads": [1, 2, 3, 4],
-    "depths": [1, 2, 1, 1],
-    "mlp_ratios": [2, 2, 2, 2],
-    "sr_ratios": [8, 4, 2, 1],
-    "num_classes": 10,
-    "img_size": 64,
-}
-TINY_HEADS = "1,2,3,4"
+TINY = {**TINY_CHECKPOINT, "num_classes": 10}
 KINDS = {"v1": {"version": 1}, "v2": {"version": 2}, "v2-linear": {"version": 2, "linear": True}}
-
-
-def tiny_reference(kind: str, seed: int = 0):
-    return random_init_(build_reference({**VARIANTS["pvt_v2_b0"], **TINY, **KINDS[kind]}), seed)
 
 
 def pixels(size: int = 64, seed: int = 1) -> torch.Tensor:
@@ -73,7 +65,7 @@ def no_leftovers(parent: Path, name: str) -> bool:
     ],
 )
 def test_original_layout_converts_to_the_reference_numerics(tmp_path, kind, torch_format, wrapping):
-    reference = tiny_reference(kind)
+    reference = tiny_reference(kind, **TINY)
     state_dict = reference.state_dict()
     if wrapping == "model":
         state_dict = {"model": state_dict, "epoch": 300, "optimizer": {"state": {}, "param_groups": []}}
@@ -97,7 +89,7 @@ def test_original_layout_converts_to_the_reference_numerics(tmp_path, kind, torc
 
 @pytest.mark.parametrize("kind", ["v1", "v2"])
 def test_detector_checkpoint_converts_to_a_backbone(tmp_path, kind, capsys):
-    reference = tiny_reference(kind)
+    reference = tiny_reference(kind, **TINY)
     dense = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
     if kind == "v1":  # the authors' dense-prediction PVT has no cls token and no final norm
         dense = {k: v for k, v in dense.items() if k != "cls_token" and not k.startswith("norm.")}
@@ -118,7 +110,7 @@ def test_detector_checkpoint_converts_to_a_backbone(tmp_path, kind, capsys):
 
 
 def test_classification_checkpoint_converts_to_a_backbone_on_request(tmp_path, capsys):
-    torch.save(tiny_reference("v1").state_dict(), tmp_path / "cls.pth")
+    torch.save(tiny_reference("v1", **TINY).state_dict(), tmp_path / "cls.pth")
     assert run(tmp_path / "cls.pth", tmp_path / "out", "--num-heads", TINY_HEADS, "--task", "backbone") == 0
     out = capsys.readouterr().out
     assert "head.weight" in out and "cls_token" in out and "norm.weight" in out
@@ -145,7 +137,7 @@ def to_timm_layout(state_dict: dict) -> dict:
 
 @pytest.mark.parametrize("kind", ["v2", "v2-linear"])
 def test_timm_layout(tmp_path, kind):
-    reference = tiny_reference(kind)
+    reference = tiny_reference(kind, **TINY)
     timm_state = to_timm_layout(reference.state_dict())
     assert "stages.1.downsample.proj.weight" in timm_state and "stages.0.blocks.0.mlp.dwconv.weight" in timm_state
     torch.save(timm_state, tmp_path / "timm.pth")
@@ -218,7 +210,7 @@ def test_pvt_v2_b0_full_conversion(tmp_path):
 
 
 def _tiny_checkpoint(tmp_path: Path, edit=None, name: str = "ckpt.pth") -> Path:
-    state_dict = dict(tiny_reference("v2").state_dict())
+    state_dict = dict(tiny_reference("v2", **TINY).state_dict())
     if edit is not None:
         edit(state_dict)
     torch.save(state_dict, tmp_path / name)
@@ -284,7 +276,7 @@ def test_existing_output_needs_overwrite_and_failed_writes_leave_nothing(tmp_pat
     def broken_card(*args, **kwargs):
         raise ConversionError("disk full while writing README.md")
 
-    monkeypatch.setattr(convert_module, "render_card", broken_card)
+    monkeypatch.setattr(convert_module, "render_conversion_card", broken_card)
     assert _fails(tmp_path, capsys, checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS)
 
 
@@ -371,8 +363,8 @@ def test_model_cards_are_up_to_date_and_their_metadata_parses():
     assert len(rendered) == 11
     for name, card in rendered.items():
         committed = REPO / "model_cards" / name
-        assert committed.is_file(), f"run `python -m conversion.model_card` to create {committed}"
-        assert committed.read_text() == card, f"{committed} is stale: run `python -m conversion.model_card`"
+        assert committed.is_file(), f"run `python -m hf_pvt.conversion.model_card` to create {committed}"
+        assert committed.read_text() == card, f"{committed} is stale: run `python -m hf_pvt.conversion.model_card`"
         front_matter = yaml.safe_load(card.split("---\n")[1])
         assert front_matter["license"] == "apache-2.0" and front_matter["library_name"] == "transformers"
         assert {"image-classification", "vision", "pvt", "hf_pvt"} <= set(front_matter["tags"])
@@ -516,13 +508,13 @@ def test_leftovers_of_killed_runs_are_cleaned_by_the_next_run(tmp_path, capsys):
     script = (
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from conversion import convert\n"
-        "write = convert.write_folder\n"
+        "from hf_pvt.conversion import cli\n"
+        "write = cli.write_folder\n"
         "def write_then_die(*args, **kwargs):\n"
         "    write(*args, **kwargs)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "convert.write_folder = write_then_die\n"
-        f"convert.main([{str(checkpoint)!r}, {str(tmp_path / 'out')!r}, '--num-heads', {TINY_HEADS!r}])\n"
+        "cli.write_folder = write_then_die\n"
+        f"cli.main([{str(checkpoint)!r}, {str(tmp_path / 'out')!r}, '--num-heads', {TINY_HEADS!r}])\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == -9, result.stderr[-2000:]
@@ -554,13 +546,13 @@ def _umask() -> int:
 
 def test_sigterm_and_ctrl_c_leave_nothing(tmp_path, capsys, monkeypatch):
     checkpoint = _tiny_checkpoint(tmp_path)
-    write = convert_module.write_folder
+    write = cli.write_folder
 
     def write_then_terminate(*args, **kwargs):
         write(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(convert_module, "write_folder", write_then_terminate)
+    monkeypatch.setattr(cli, "write_folder", write_then_terminate)
     assert run(checkpoint, tmp_path / "a" / "b" / "out", "--num-heads", TINY_HEADS) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # nor the parents it created
@@ -589,7 +581,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, monkeypatch
     def no_work(*args, **kwargs):
         raise AssertionError("the conversion started despite a bad argument")
 
-    monkeypatch.setattr(convert_module, "convert", no_work)
+    monkeypatch.setattr(cli, "convert", no_work)
     monkeypatch.chdir(tmp_path)
     err = _fails(tmp_path, capsys, checkpoint, tmp_path / "out", *extra)
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
@@ -609,7 +601,7 @@ def _write_bytes(name: str, data: bytes):
 def _safetensors_bytes() -> bytes:
     from safetensors.torch import save
 
-    return save({k: v.contiguous() for k, v in tiny_reference("v2").state_dict().items()})
+    return save({k: v.contiguous() for k, v in tiny_reference("v2", **TINY).state_dict().items()})
 
 
 def _folder(config, index=None, shards=()):
@@ -628,7 +620,7 @@ def _folder(config, index=None, shards=()):
 
 def _with_tensor(key: str, make_tensor):
     def make(tmp_path: Path) -> Path:
-        state_dict = dict(tiny_reference("v2").state_dict())
+        state_dict = dict(tiny_reference("v2", **TINY).state_dict())
         state_dict[key] = make_tensor(state_dict[key])
         torch.save(state_dict, tmp_path / "ckpt.pth")
         return tmp_path / "ckpt.pth"
@@ -681,7 +673,7 @@ def test_non_finite_weights_convert_only_when_allowed(tmp_path, capsys):
 @pytest.mark.parametrize("where", ["parent is a file", "mkdir refused"])
 def test_unwritable_destination_is_one_error_line_before_the_conversion(tmp_path, capsys, monkeypatch, where):
     checkpoint = _tiny_checkpoint(tmp_path)
-    monkeypatch.setattr(convert_module, "convert", lambda *a, **k: pytest.fail("converted into nowhere"))
+    monkeypatch.setattr(cli, "convert", lambda *a, **k: pytest.fail("converted into nowhere"))
     if where == "parent is a file":
         (tmp_path / "file").write_text("")
         output, message = tmp_path / "file" / "out", "is a file, not a folder"
@@ -704,7 +696,7 @@ def test_unexpected_failures_are_one_line_unless_debugging(tmp_path, capsys, mon
     def boom(*args, **kwargs):
         raise RuntimeError("something nobody anticipated\nsecond line")
 
-    monkeypatch.setattr(convert_module, "convert", boom)
+    monkeypatch.setattr(cli, "convert", boom)
     err = _fails(tmp_path, capsys, checkpoint, tmp_path / "out", "--num-heads", TINY_HEADS)
     expected = "RuntimeError: something nobody anticipated. Nothing was written; rerun with --debug for the traceback."
     assert err == f"error: {expected}\n"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_conversion import _randomise, to_timm_layout
 
-from conversion.convert import convert
 from hf_pvt import HfPvtConfig, HfPvtForImageClassification
+from hf_pvt.conversion.convert import convert
 from tests.reference_pvt import VARIANTS, build_reference, random_init_
 
 NAMES = list(VARIANTS)
@@ -67,7 +67,8 @@ def test_transformers_folders(tmp_path, name):
     config = {**conversion.model.config.to_dict(), "out_features": None, "out_indices": None}
     ours = HfPvtForImageClassification(HfPvtConfig(**{**config, "embedding_layer_norm_eps": 1e-6}))
     ours.load_state_dict(conversion.model.state_dict())
-    # Transformers' v1 runs only at its configured 224x224 (SPEC §5), so v1 is compared there.
+    # Transformers' v1 runs only at its configured 224x224 (other sizes fail in its position embeddings), so v1
+    # is compared there.
     pixels = torch.nn.functional.interpolate(PIXELS, size=224) if preset.pvt_version == 1 else PIXELS
     with torch.no_grad():
         assert_same_logits(ours.eval()(pixel_values=pixels).logits, theirs(pixel_values=pixels).logits)

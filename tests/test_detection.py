@@ -54,8 +54,16 @@ def test_outputs_at_any_size(member, size):
     with torch.no_grad():
         outputs = model(torch.randn(2, 3, height, width))
     assert isinstance(outputs, HfPvtObjectDetectionOutput) and outputs.loss is None
-    assert len(outputs.logits) == len(outputs.pred_box_deltas) == len(outputs.anchors) == 5
-    for level, (logits, deltas, anchors) in enumerate(zip(outputs.logits, outputs.pred_box_deltas, outputs.anchors)):
+    # Batch-first, one row per anchor of every level; level_maps() gives MMDetection's per-level maps back.
+    num_anchors = outputs.logits.shape[1]
+    assert outputs.logits.shape == (2, num_anchors, 3) and outputs.pred_box_deltas.shape == (2, num_anchors, 4)
+    assert outputs.anchors.shape == (2, num_anchors, 4) and torch.equal(outputs.anchors[0], outputs.anchors[1])
+    assert outputs.spatial_shapes.shape == (2, 5, 2)
+    assert num_anchors == 9 * sum(h * w for h, w in outputs.spatial_shapes[0].tolist())
+    maps = outputs.level_maps()
+    assert len(maps[0]) == len(maps[1]) == len(maps[2]) == 5
+    for level, (logits, deltas, anchors) in enumerate(zip(*maps)):
+        assert tuple(logits.shape[-2:]) == tuple(outputs.spatial_shapes[0, level].tolist())
         map_height, map_width = logits.shape[-2:]
         assert logits.shape[:2] == (2, 27) and deltas.shape == (2, 36, map_height, map_width)
         assert anchors.shape == (map_height * map_width * 9, 4)

@@ -1,5 +1,5 @@
-"""The authors' RetinaNet checkpoints (mmdet v2.13, SPEC §6) convert into detector folders that detect exactly
-what mmdet's RetinaNet detects.
+"""The authors' RetinaNet checkpoints (mmdet v2.13, `retinanet_pvt_*_fpn_1x_coco.py`) convert into detector folders
+that detect exactly what mmdet's RetinaNet detects.
 
 Ground truth: tests/reference_retinanet.py, an independent plain-torch RetinaNet in mmdet's key naming (FPN,
 head, anchors, delta decoding, per-level top-k, score threshold, class-wise greedy NMS, per-image cap). Its
@@ -18,28 +18,23 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_CHECKPOINT as TINY_BACKBONE
+from conftest import TINY_HEADS as HEADS
 from reference_retinanet import RetinaNetReference, anchors_for, mmdet_checkpoint, random_retinanet_
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 import hf_pvt  # noqa: F401  (registers the Auto classes)
-from conversion import model_card
-from conversion.coco_labels import COCO_CATEGORY_IDS, COCO_DETECTION_LABELS
-from conversion.convert import build_config, convert, is_authors_retinanet, main
-from conversion.sources import Source
 from hf_pvt import HfPvtBackbone
-from hf_pvt.configuration_hf_pvt import PRESETS
+from hf_pvt import model_cards as model_card
+from hf_pvt.conversion.cli import main
+from hf_pvt.conversion.coco_labels import COCO_CATEGORY_IDS, COCO_DETECTION_LABELS
+from hf_pvt.conversion.convert import build_config, convert
+from hf_pvt.conversion.detect import is_authors_retinanet
+from hf_pvt.conversion.sources import Source
+from hf_pvt.variants_hf_pvt import PRESETS
 from tests.reference_pvt import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BACKBONE = {
-    "embed_dims": [16, 32, 48, 64],
-    "num_heads": [1, 2, 3, 4],
-    "depths": [1, 2, 1, 1],
-    "mlp_ratios": [2, 2, 2, 2],
-    "sr_ratios": [8, 4, 2, 1],
-    "img_size": 64,
-}
-HEADS = "1,2,3,4"
 # v1 with its own class names in the checkpoint's meta; v2 with COCO's 80 classes; the linear variant.
 KINDS = {
     "v1": ({"version": 1}, 7, [f"thing{i}" for i in range(7)]),
@@ -121,9 +116,10 @@ def test_converted_detector_detects_what_the_reference_detects(tmp_path, kind):
     with torch.no_grad():
         outputs = model(pixel_values=pixel_values)
         cls_scores, bbox_preds = reference(pixel_values)
-    for ours, theirs in zip((*outputs.logits, *outputs.pred_box_deltas), (*cls_scores, *bbox_preds)):
+    level_logits, level_deltas, level_anchors = outputs.level_maps()  # MMDetection's per-level layout
+    for ours, theirs in zip((*level_logits, *level_deltas), (*cls_scores, *bbox_preds)):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    for ours, theirs in zip(outputs.anchors, anchors_for([tuple(level.shape[-2:]) for level in cls_scores])):
+    for ours, theirs in zip(level_anchors, anchors_for([tuple(level.shape[-2:]) for level in cls_scores])):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
 
     detections = processor.post_process_object_detection(outputs)
@@ -137,13 +133,16 @@ def test_converted_detector_detects_what_the_reference_detects(tmp_path, kind):
 
 
 def test_padded_batch_through_the_image_processor(tmp_path):
-    """Two images of different sizes: resized, padded to a multiple of 32 with a pixel_mask, detected, boxes scaled
-    back to the original sizes; the reference sees the same padded tensor and clips to each image's own size."""
+    """Two images of different sizes: resized, padded with a pixel_mask, detected, boxes scaled back to the original
+    sizes. Each image's detections are those of MMDetection's test of that image alone (the papers' batch of 1): the
+    reference sees the image padded to a multiple of 32 and clips to its own size."""
     reference = tiny_retinanet("v2-linear", seed=5)
     checkpoint = save_checkpoint(reference, tmp_path / "retinanet.pth")
     assert main([str(checkpoint), str(tmp_path / "out"), "--num-heads", HEADS]) == 0
     model = AutoModelForObjectDetection.from_pretrained(tmp_path / "out").eval()
-    processor = AutoImageProcessor.from_pretrained(tmp_path / "out", size={"shortest_edge": 72, "longest_edge": 120})
+    processor = AutoImageProcessor.from_pretrained(
+        tmp_path / "out", size={"shortest_edge": 72, "longest_edge": 120}, pad_size=None
+    )
     generator = torch.Generator().manual_seed(3)
     images = [
         torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8) for h, w in ((90, 150), (130, 95))
@@ -159,7 +158,10 @@ def test_padded_batch_through_the_image_processor(tmp_path):
 
     valid_sizes = [tuple(size) for size in outputs.image_sizes.tolist()]
     assert valid_sizes == [(72, 120), (99, 72)]
-    expected, _ = reference_detections(reference, inputs["pixel_values"], valid_sizes, max_per_image=0)
+    expected = []
+    for index, (size, (padded_height, padded_width)) in enumerate(zip(valid_sizes, [(96, 128), (128, 96)])):
+        alone = inputs["pixel_values"][[index], :, :padded_height, :padded_width]
+        expected.append(reference_detections(reference, alone, [size], max_per_image=0)[0][0])
     for ours, theirs, (height, width), (valid_height, valid_width) in zip(
         detections, expected, original_sizes, valid_sizes
     ):
@@ -263,14 +265,14 @@ def test_released_detector_converts_with_the_authors_card(tmp_path):
     assert card == (REPO / "model_cards" / "retinanet-pvt-v2-b0.md").read_text()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == ["HfPvtForObjectDetection"] and config["id2label"]["15"] == "cat"
-    assert (tmp_path / "out" / "detection_hf_pvt.py").is_file()
+    assert (tmp_path / "out" / "retinanet_hf_pvt.py").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ cards
 
 
 def test_detector_cards_are_up_to_date_and_state_the_published_box_ap():
-    spec_box_ap = {  # SPEC §6
+    spec_box_ap = {  # the authors' COCO val2017 box AP, 1x schedule
         "pvt-tiny": 36.7,
         "pvt-small": 40.4,
         "pvt-medium": 41.9,
@@ -287,8 +289,8 @@ def test_detector_cards_are_up_to_date_and_state_the_published_box_ap():
     assert sorted(rendered) == sorted(f"retinanet-{variant}.md" for variant in PRESETS)
     for name, card in rendered.items():
         committed = REPO / "model_cards" / name
-        assert committed.is_file(), f"run `python -m conversion.model_card` to create {committed}"
-        assert committed.read_text() == card, f"{committed} is stale: run `python -m conversion.model_card`"
+        assert committed.is_file(), f"run `python -m hf_pvt.conversion.model_card` to create {committed}"
+        assert committed.read_text() == card, f"{committed} is stale: run `python -m hf_pvt.conversion.model_card`"
         front_matter = yaml.safe_load(card.split("---\n")[1])
         assert front_matter["pipeline_tag"] == "object-detection" and front_matter["datasets"] == ["coco"]
         result = front_matter["model-index"][0]["results"][0]

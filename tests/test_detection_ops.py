@@ -1,5 +1,5 @@
-"""RetinaNet box operations (hf_pvt/detection_hf_pvt.py) against hand-computed MMDetection v2.13 values, direct
-formulas and, for NMS, a plain greedy loop."""
+"""RetinaNet box operations (hf_pvt/box_ops_hf_pvt.py, hf_pvt/retinanet_hf_pvt.py) against hand-computed
+MMDetection v2.13 values, direct formulas and, for NMS, a plain greedy loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from hf_pvt.detection_hf_pvt import (
+from hf_pvt.box_ops_hf_pvt import (
     _greedy_within_block,
     assign_max_iou,
     batched_nms,
@@ -17,11 +17,9 @@ from hf_pvt.detection_hf_pvt import (
     decode_boxes,
     encode_boxes,
     generate_anchors,
-    retinanet_loss,
-    retinanet_postprocess,
-    sigmoid_focal_loss,
     valid_anchor_flags,
 )
+from hf_pvt.retinanet_hf_pvt import retinanet_loss, retinanet_postprocess, sigmoid_focal_loss
 
 LN2 = math.log(2)
 
@@ -153,6 +151,33 @@ def test_encode_hand_values_and_round_trip():
     torch.testing.assert_close(decode_boxes(anchors, encode_boxes(anchors, gt)), gt)
     with pytest.raises(ValueError, match="gt_boxes"):
         encode_boxes(anchors, gt[:3])
+
+
+def test_means_and_stds_normalise_the_deltas():
+    anchors = boxes_tensor([[0, 0, 10, 20], [5, 5, 25, 15]])
+    gt = boxes_tensor([[2, 4, 22, 14], [4, 6, 20, 30]])
+    means, stds = (0.1, -0.2, 0.0, 0.3), (0.1, 0.1, 0.2, 0.2)
+    plain = encode_boxes(anchors, gt)
+    # The defaults are the plain deltas, bit for bit, whether given or left out.
+    assert torch.equal(encode_boxes(anchors, gt, means=(0, 0, 0, 0), stds=(1, 1, 1, 1)), plain)
+    normalised = encode_boxes(anchors, gt, means=means, stds=stds)
+    torch.testing.assert_close(normalised, (plain - torch.tensor(means)) / torch.tensor(stds))
+    # Decoding undoes it (MMDetection's `deltas * stds + means`), and a Mask R-CNN box-head delta of 1 moves the
+    # centre by a tenth of the width.
+    torch.testing.assert_close(decode_boxes(anchors, normalised, means=means, stds=stds), gt)
+    moved = decode_boxes(anchors[:1], boxes_tensor([[1, 0, 0, 0]]), stds=stds)
+    torch.testing.assert_close(moved, boxes_tensor([[1, 0, 11, 20]]))
+    deltas = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(decode_boxes(anchors, deltas, means=[0.0] * 4, stds=[1.0] * 4), decode_boxes(anchors, deltas))
+    for bad, message in (
+        ({"stds": (1, 1, 1)}, "`stds` must be four finite numbers"),
+        ({"means": (0, 0, float("nan"), 0)}, "`means` must be four finite numbers"),
+        ({"stds": (0.1, 0.1, 0.0, 0.2)}, "`stds` must be positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            encode_boxes(anchors, gt, **bad)
+        with pytest.raises(ValueError, match=message):
+            decode_boxes(anchors, deltas, **bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,6 +451,40 @@ def test_batched_nms_dtypes_and_errors():
         batched_nms(boxes, scores[:-1], class_ids, 0.5)
     with pytest.raises(ValueError, match="block_size"):
         batched_nms(boxes, scores, class_ids, 0.5, block_size=0)
+
+
+@pytest.mark.parametrize("max_kept", [1, 7, 100, 1000])
+def test_batched_nms_max_kept_equals_truncated_full_nms(max_kept):
+    cases = [random_detections(3000, 4, seed, score_levels=10 * seed) for seed in range(3)]
+    n = 600  # a suppression chain through every block: each decision depends on the previous one
+    x = torch.arange(n, dtype=torch.float32) * 0.3
+    cases.append((torch.stack([x, torch.zeros(n), x + 1, torch.ones(n)], 1), torch.linspace(1, 0, n), torch.zeros(n)))
+    for boxes, scores, class_ids in cases:
+        expected = batched_nms(boxes, scores, class_ids.long(), 0.5)[:max_kept]
+        for block_size in (5, 256):
+            kept = batched_nms(boxes, scores, class_ids.long(), 0.5, max_kept=max_kept, block_size=block_size)
+            assert kept.tolist() == expected.tolist()
+
+
+def test_batched_nms_max_kept_is_fast_with_a_low_score_threshold():
+    # A RetinaNet image at score threshold 0.001: 5 levels x 1000 anchors x 80 classes, nearly all pairs candidates.
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(5000, 2, generator=generator) * 800
+    anchor_boxes = torch.cat((corners, corners + torch.rand(5000, 2, generator=generator) * 200 + 2), dim=1)
+    scores = (torch.randn(5000, 80, generator=generator) - 4).sigmoid()
+    anchor_index, class_ids = torch.nonzero(scores > 0.001, as_tuple=True)
+    boxes, scores = anchor_boxes[anchor_index], scores[anchor_index, class_ids]
+    assert boxes.shape[0] > 350_000
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.process_time()
+        kept = batched_nms(boxes, scores, class_ids, 0.5, max_kept=100)
+        elapsed = time.process_time() - start
+    finally:
+        torch.set_num_threads(threads)
+    assert kept.shape == (100,)
+    assert elapsed < 0.5, elapsed  # the full NMS of these pairs takes 8-15 s
 
 
 def test_batched_nms_speed():

@@ -1,6 +1,6 @@
 """Exported graphs serve every input size: torch.export and ONNX with dynamic height and width.
 
-Known faults of other ports this guards against (SPEC §5): v1's position embeddings tied to one size, and
+Known faults of other ports this guards against: v1's position embeddings tied to one size, and
 the linear variant's 7x7 adaptive pooling, which ONNX bakes in for the traced size when 7 does not divide it.
 """
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from hf_pvt import HfPvtBackbone, HfPvtForImageClassification, export_onnx
+from hf_pvt import HfPvtBackbone, HfPvtForImageClassification, HfPvtForSemanticSegmentation, export_onnx
 from hf_pvt.modeling_hf_pvt import _pooling_matrix
+from hf_pvt.onnx_export import OnnxVerificationError, verify_onnx
 from hf_pvt.onnx_export import main as onnx_main
-from hf_pvt.onnx_export import verify_onnx
 
 TRACED = (2, 3, 96, 128)
 # torch.export specialises sizes 0 and 1, so an exported program refuses inputs whose smallest reduced map would
@@ -48,13 +48,17 @@ def test_torch_export_with_dynamic_sizes(member):
         torch.testing.assert_close(exported.module()(pixel_values).logits, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("member", ["v1", "v2"])  # the linear variant: test_export_onnx_command_line_checks_the_file
-def test_onnx_export_with_dynamic_sizes(member, tmp_path):
-    """`hf_pvt.export_onnx` gives one graph for every batch size, height and width, in ONNX Runtime."""
+@pytest.mark.parametrize(
+    "member, head",
+    [("v1", HfPvtForImageClassification), ("v2", HfPvtForSemanticSegmentation)],  # linear: the command-line test
+)
+def test_onnx_export_with_dynamic_sizes(member, head, tmp_path):
+    """`hf_pvt.export_onnx` gives one graph for every batch size, height and width, in ONNX Runtime: v1's classifier
+    (position embeddings resized, cls token) and v2's Semantic FPN (logits at a quarter of any input size)."""
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    model = HfPvtForImageClassification(tiny_config(member)).eval()
+    model = head(tiny_config(member, decoder_hidden_size=16, decoder_head_size=32)).eval()
     path = export_onnx(model, tmp_path / f"{member}.onnx", verify=False)
     session = onnxruntime.InferenceSession(str(path))
     assert [output.name for output in session.get_outputs()] == ["logits"]
@@ -63,11 +67,13 @@ def test_onnx_export_with_dynamic_sizes(member, tmp_path):
         with torch.no_grad():
             expected = model(pixel_values).logits
         (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
+        if head is HfPvtForSemanticSegmentation:
+            assert logits.shape == (shape[0], 7, -(-shape[2] // 4), -(-shape[3] // 4))
         torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)
 
 
 def test_export_onnx_command_line_checks_the_file(tmp_path, capsys):
-    """`python -m hf_pvt.onnx_export FOLDER FILE --task backbone` on the linear variant: named outputs, checked in
+    """`python -m hf_pvt.onnx_export FOLDER FILE` on a linear-variant backbone folder: named outputs, checked in
     ONNX Runtime (at 160x288 too, where 7 divides no stage's map); the check fails loudly once the file no longer
     matches the model."""
     pytest.importorskip("onnxruntime")
@@ -75,13 +81,13 @@ def test_export_onnx_command_line_checks_the_file(tmp_path, capsys):
     torch.manual_seed(0)
     config = tiny_config("v2-linear", out_features=["stage1", "stage2", "stage3", "stage4"])
     HfPvtBackbone(config).save_pretrained(tmp_path / "model")
-    onnx_main([str(tmp_path / "model"), str(tmp_path / "backbone.onnx"), "--task", "backbone"])
+    assert onnx_main([str(tmp_path / "model"), str(tmp_path / "backbone.onnx")]) == 0  # the folder's own task
     assert "checked in ONNX Runtime" in capsys.readouterr().out
     backbone = HfPvtBackbone.from_pretrained(tmp_path / "model")
     assert verify_onnx(backbone, tmp_path / "backbone.onnx") < 1e-5
     with torch.no_grad():
         backbone.stages[3].norm.bias.add_(1.0)
-    with pytest.raises(RuntimeError, match="feature_maps.3 differs"):
+    with pytest.raises(OnnxVerificationError, match="feature_maps.3 differs"):
         verify_onnx(backbone, tmp_path / "backbone.onnx")
 
 

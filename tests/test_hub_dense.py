@@ -8,6 +8,7 @@ Two subprocesses do the loading, each for every folder at once: one that cannot 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import torch
 import yaml
 from conftest import FIXTURES, tiny_config
 from transformers import (
+    AutoModelForInstanceSegmentation,
     AutoModelForObjectDetection,
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
@@ -41,6 +43,7 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 import hf_pvt
 from hf_pvt import (
+    HfPvtForInstanceSegmentation,
     HfPvtForObjectDetection,
     HfPvtForSemanticSegmentation,
     HfPvtImageProcessor,
@@ -151,6 +154,14 @@ def _retinanet():
     return HfPvtForObjectDetection(config), processor
 
 
+def _mask_rcnn():
+    config = tiny_config(
+        "v1", num_labels=3, decoder_hidden_size=16, rcnn_fc_channels=32, mask_head_channels=8, mask_head_num_convs=1
+    )
+    processor = HfPvtImageProcessor.for_instance_segmentation(size={"shortest_edge": 64, "longest_edge": 96})
+    return HfPvtForInstanceSegmentation(config), processor
+
+
 # name: (builder, Auto class that loads it, pipeline task run on the folder, or None)
 HEADS = {
     "upernet": (_upernet, "AutoModelForSemanticSegmentation", "image-segmentation"),
@@ -161,20 +172,39 @@ HEADS = {
     "mask2former": (_mask2former, "AutoModelForUniversalSegmentation", None),
     "semantic_fpn": (_semantic_fpn, "AutoModelForSemanticSegmentation", "image-segmentation"),
     "retinanet": (_retinanet, "AutoModelForObjectDetection", "object-detection"),
+    "mask_rcnn": (_mask_rcnn, "AutoModelForInstanceSegmentation", None),  # its pipeline: test_instance_pipeline_*
 }
+OWN_HEADS = ("semantic_fpn", "retinanet", "mask_rcnn")
 AUTO_CLASSES = {
+    "AutoModelForInstanceSegmentation": AutoModelForInstanceSegmentation,
     "AutoModelForObjectDetection": AutoModelForObjectDetection,
     "AutoModelForSemanticSegmentation": AutoModelForSemanticSegmentation,
     "AutoModelForUniversalSegmentation": AutoModelForUniversalSegmentation,
 }
 
+
+def flat_tensors(outputs) -> dict[str, torch.Tensor]:
+    """An output's tensors by name; per-image lists (Mask R-CNN's detections) one tensor per image."""
+    found = {}
+    for name, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            found[name] = value
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            found.update({f"{name}.{index}": item for index, item in enumerate(value)})
+    return found
+
+
 # Shared by both subprocesses: run every folder's model on the same input, every pipeline on the same photo, and
 # count the custom-code questions (input() is where Transformers asks; stdin is closed as in a batch job).
-COMMON = """
+COMMON = (
+    """
 import builtins, json, sys
 import numpy as np
 import torch
 import transformers
+"""
+    + inspect.getsource(flat_tensors)
+    + """
 
 root, photo = sys.argv[1], sys.argv[2]
 manifest = json.load(open(f"{root}/manifest.json"))
@@ -183,8 +213,7 @@ real_input = builtins.input
 builtins.input = lambda *args: asked.append(str(args)[:200]) or real_input(*args)
 
 
-def tensors(outputs):
-    return {name: value for name, value in outputs.items() if isinstance(value, torch.Tensor)}
+tensors = flat_tensors
 
 
 def run_models(names=None, **kwargs):
@@ -218,6 +247,7 @@ def run_pipelines(**kwargs):
         found[name + ":processor"] = type(predict.image_processor).__module__
     return found
 """
+)
 
 WITHOUT_HF_PVT = (
     """
@@ -371,11 +401,13 @@ def test_round_trip_without_hf_pvt_is_bit_equal_for_every_head(hub_folders, with
     local = torch.load(root / "outputs_with_hf_pvt.pt")
     remote = torch.load(root / "outputs_without_hf_pvt.pt")
     assert set(remote) == set(HEADS)
+    # Mask R-CNN's per-image detections and masks are compared too, and there are some.
+    assert remote["mask_rcnn"]["pred_boxes.0"].shape[0] > 0 and "pred_mask_logits.0" in remote["mask_rcnn"]
     pixel_values = torch.load(root / "pixel_values.pt")
     for name, original in originals.items():
         model_module, config_module, backbone_module = report["kinds"][name]
         assert backbone_module.startswith("transformers_modules."), name
-        if name in ("semantic_fpn", "retinanet"):
+        if name in OWN_HEADS:
             assert model_module.startswith("transformers_modules."), name
         else:
             # Transformers' own head class, its configuration from the folder's hub_hf_pvt module.
@@ -388,7 +420,7 @@ def test_round_trip_without_hf_pvt_is_bit_equal_for_every_head(hub_folders, with
             assert torch.equal(value, local[name][key]), (name, key)
         # And the folder holds the original weights: its outputs match the model that was saved.
         with torch.no_grad():
-            expected = original(pixel_values)
+            expected = flat_tensors(original(pixel_values))
         for key, value in local[name].items():
             torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5, msg=f"{name}.{key}")
 
@@ -398,7 +430,7 @@ def test_hf_pvt_imported_loads_the_same_folders(hub_folders, with_hf_pvt):
     for name in HEADS:
         model_module, config_module, backbone_module = report["kinds"][name]
         assert backbone_module == "hf_pvt.modeling_hf_pvt", name
-        if name not in ("semantic_fpn", "retinanet"):
+        if name not in OWN_HEADS:
             assert config_module.startswith("transformers.models."), name
     # With trust_remote_code=True as well: the folder's code for the head's config, hf_pvt's own backbone.
     for _, config_module, backbone_module in report["remote_kinds"].values():
@@ -515,8 +547,10 @@ def test_failed_upload_keeps_the_folder(hub_folders, tmp_path, monkeypatch, onli
 def test_make_hub_ready_is_idempotent_and_keeps_authors_cards(hub_folders, tmp_path):
     root, _ = hub_folders
     assert make_hub_ready(root / "mask2former") == sorted(
-        {"configuration_hf_pvt.py", "detection_hf_pvt.py", "hub_hf_pvt.py", "image_processing_hf_pvt.py",
-         "modeling_hf_pvt.py"}
+        {"box_ops_hf_pvt.py", "configuration_hf_pvt.py", "cpu_paths_hf_pvt.py", "dense_inputs_hf_pvt.py",
+         "hub_hf_pvt.py", "image_checks_hf_pvt.py", "image_processing_hf_pvt.py", "instance_masks_hf_pvt.py",
+         "mask_rcnn_hf_pvt.py", "modeling_hf_pvt.py", "neck_hf_pvt.py", "retinanet_hf_pvt.py", "roi_ops_hf_pvt.py",
+         "variants_hf_pvt.py"}
     )  # fmt: skip
     before = _digest(root / "mask2former")
     make_hub_ready(root / "mask2former", rewrite_model_card=True)

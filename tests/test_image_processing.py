@@ -492,15 +492,17 @@ def test_save_and_load_round_trip(tmp_path, coco):
 
 
 def test_file_is_self_contained_for_remote_code(tmp_path, coco):
-    # The standard library and Transformers' own dependencies, plus the detection ops beside it (a relative
-    # import, which save_pretrained and trust_remote_code carry along); nothing else of hf_pvt.
+    # The standard library and Transformers' own dependencies, plus its input checks and the detection
+    # post-processing beside it (relative imports, which save_pretrained and trust_remote_code carry along).
     allowed = {"transformers", "huggingface_hub", "numpy", "PIL", "torch", "typing", "io", "os", "urllib", "base64"}
     allowed.add("binascii")
     source = Path(image_processing_module.__file__).read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                assert node.level == 1 and node.module == "detection_hf_pvt"
+                assert node.level == 1 and node.module in (
+                    "image_checks_hf_pvt", "retinanet_hf_pvt", "instance_masks_hf_pvt"
+                )  # fmt: skip
             else:
                 assert node.module.split(".")[0] in allowed
         elif isinstance(node, ast.Import):
@@ -510,7 +512,7 @@ def test_file_is_self_contained_for_remote_code(tmp_path, coco):
     # classes would pick the registered local class here, since importing hf_pvt registers it.)
     folder = tmp_path / "hub_folder"
     HfPvtImageProcessor.for_object_detection().save_pretrained(folder)
-    assert {"image_processing_hf_pvt.py", "detection_hf_pvt.py"} <= {f.name for f in folder.iterdir()}
+    assert {"image_processing_hf_pvt.py", "retinanet_hf_pvt.py"} <= {f.name for f in folder.iterdir()}
     remote_class = get_class_from_dynamic_module("image_processing_hf_pvt.HfPvtImageProcessor", folder)
     assert remote_class is not HfPvtImageProcessor and not remote_class.__module__.startswith("hf_pvt")
     remote = remote_class.from_pretrained(folder)

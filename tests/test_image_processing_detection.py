@@ -108,19 +108,25 @@ def test_size_validation_knows_longest_edge(coco):
 
 def test_real_photo_is_resized_normalized_and_padded(detection, coco):
     out = detection(coco, return_tensors="pt")
-    assert out["pixel_values"].shape == (1, 3, 800, 1088) and out["pixel_values"].dtype == torch.float32
+    # The preset's canvas: the largest size it gives (1333) rounded up to 32, so that single images stack (pipelines).
+    assert out["pixel_values"].shape == (1, 3, 1344, 1344) and out["pixel_values"].dtype == torch.float32
     mask = out["pixel_mask"][0]
-    assert mask.dtype == torch.int64 and mask[:800, :1067].all() and mask[:, 1067:].sum() == 0
+    assert mask.dtype == torch.int64 and mask[:800, :1067].all() and mask.sum() == 800 * 1067
     assert out["pixel_values"][0, :, :, 1067:].abs().sum() == 0  # zeros after normalization, as mmdet's Pad
+    assert out["pixel_values"][0, :, 800:].abs().sum() == 0
+    mmdet = detection(coco, pad_size=None, return_tensors="pt")  # padded to a multiple of 32 only, as mmdet
+    assert mmdet["pixel_values"].shape == (1, 3, 800, 1088)
+    assert torch.equal(mmdet["pixel_values"], out["pixel_values"][..., :800, :1088])
     # The valid region is exactly the unpadded, resized and normalized image.
     resized = coco.resize((1067, 800), Image.BILINEAR)
     expected = (np.asarray(resized, np.float32) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(out["pixel_values"][0, :, :, :1067].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(out["pixel_values"][0, :, :800, :1067].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
 
 
 def test_batch_is_padded_to_the_largest_image_rounded_to_the_divisor(detection):
     images = [np.full((480, 640, 3), 100, np.uint8), np.full((500, 300, 3), 200, np.uint8)]
-    out = detection(images, return_tensors="pt")
+    assert detection(images, return_tensors="pt")["pixel_values"].shape == (2, 3, 1344, 1344)  # the preset's canvas
+    out = detection(images, pad_size=None, return_tensors="pt")
     # (800, 1067) and (1333, 800): canvas (1333, 1067) rounded up to multiples of 32.
     assert out["pixel_values"].shape == (2, 3, 1344, 1088)
     assert out["pixel_mask"][0].sum() == 800 * 1067 and out["pixel_mask"][1].sum() == 1333 * 800
@@ -130,7 +136,7 @@ def test_batch_is_padded_to_the_largest_image_rounded_to_the_divisor(detection):
         height, width = alone.shape[-2:]
         assert torch.equal(out["pixel_values"][index, :, :height, :width], alone)
 
-    exact = detection(images, pad_size_divisor=1, return_tensors="pt")
+    exact = detection(images, pad_size_divisor=1, pad_size=None, return_tensors="pt")
     assert exact["pixel_values"].shape == (2, 3, 1333, 1067)
     fixed = detection(images, pad_size={"height": 1400, "width": 1100}, return_tensors="pt")
     assert fixed["pixel_values"].shape == (2, 3, 1400, 1100) and fixed["pixel_mask"][0].sum() == 800 * 1067
@@ -161,7 +167,7 @@ def test_padding_works_for_segmentation_maps_too():
 def test_boxes_follow_resize_and_flip_by_hand(detection, coco):
     # 640x480 -> 1067x800 (x * 1067/640, y * 800/480), padded to 1088x800; then the flip x -> 1067 - x.
     annotation = coco_annotation(39769, ([10.0, 20.0, 100.0, 50.0], 3), ([600.0, 300.0, 40.0, 180.0], 0))
-    out = detection(coco, annotations=annotation, return_tensors="pt")
+    out = detection(coco, annotations=annotation, pad_size=None, return_tensors="pt")
     labels = out["labels"][0]
     assert set(labels.keys()) == {"class_labels", "boxes", "image_id", "orig_size", "size"}
     assert labels["class_labels"].tolist() == [3, 0] and labels["class_labels"].dtype == torch.int64
@@ -176,7 +182,7 @@ def test_boxes_follow_resize_and_flip_by_hand(detection, coco):
     torch.testing.assert_close(labels["boxes"], torch.tensor([first, second]), rtol=0, atol=1e-6)
     assert labels["boxes"].dtype == torch.float32
 
-    flipped = detection(coco, annotations=annotation, do_horizontal_flip=True, return_tensors="pt")
+    flipped = detection(coco, annotations=annotation, do_horizontal_flip=True, pad_size=None, return_tensors="pt")
     x1, x2 = 1067 - 110 * sx, 1067 - 10 * sx
     flipped_first = [(x1 + x2) / 2 / 1088, first[1], first[2], first[3]]
     torch.testing.assert_close(flipped["labels"][0]["boxes"][0], torch.tensor(flipped_first), rtol=0, atol=1e-6)
@@ -198,7 +204,8 @@ def test_boxes_land_on_the_drawn_object(flip):
         image, annotations=coco_annotation(1, ([30, 20, 50, 30], 5)), do_horizontal_flip=flip, return_tensors="pt"
     )
     canvas = tuple(out["pixel_values"].shape[-2:])
-    assert canvas == (256, 416) and out["labels"][0]["size"].tolist() == list(canvas)
+    # The preset's canvas: the largest size {"shortest_edge": 240, "longest_edge": 1000} gives, rounded up to 32.
+    assert canvas == (1024, 1024) and out["labels"][0]["size"].tolist() == list(canvas)
     bright = torch.nonzero(out["pixel_values"][0, 0] >= 128)
     drawn = [bright[:, 1].min(), bright[:, 0].min(), bright[:, 1].max() + 1, bright[:, 0].max() + 1]
     labelled = to_xyxy_pixels(out["labels"][0]["boxes"], canvas)[0]
@@ -338,7 +345,7 @@ def fake_outputs(batch_size: int = 2, num_labels: int = 3, image_sizes=((64, 96)
 
 @pytest.fixture
 def stub_postprocess(monkeypatch):
-    """detection_hf_pvt.retinanet_postprocess replaced by a recorder returning fixed boxes in the valid region."""
+    """retinanet_hf_pvt.retinanet_postprocess replaced by a recorder returning fixed boxes in the valid region."""
     calls = []
 
     def retinanet_postprocess(cls_logits, box_deltas, anchors, image_size, **kwargs):
@@ -348,9 +355,9 @@ def stub_postprocess(monkeypatch):
         boxes = torch.tensor([[0.0, 0.0, width, height], [width / 4, height / 4, width / 2, height / 2]])
         return {"boxes": boxes, "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([2, 0])}
 
-    module = types.ModuleType("hf_pvt.detection_hf_pvt")
+    module = types.ModuleType("hf_pvt.retinanet_hf_pvt")
     module.retinanet_postprocess = retinanet_postprocess
-    monkeypatch.setitem(sys.modules, "hf_pvt.detection_hf_pvt", module)
+    monkeypatch.setitem(sys.modules, "hf_pvt.retinanet_hf_pvt", module)
     return calls
 
 
@@ -391,13 +398,13 @@ def test_post_process_accepts_dicts_and_tuples(detection, stub_postprocess):
 
 def test_post_process_clips_to_the_target(detection, monkeypatch):
     # A box reaching past the valid region (decoding clips to it; a foreign ops result may not) stays in the image.
-    module = types.ModuleType("hf_pvt.detection_hf_pvt")
+    module = types.ModuleType("hf_pvt.retinanet_hf_pvt")
     module.retinanet_postprocess = lambda *args, **kwargs: {
         "boxes": torch.tensor([[-4.0, -2.0, 120.0, 70.0]]),
         "scores": torch.tensor([0.5]),
         "labels": torch.tensor([1]),
     }
-    monkeypatch.setitem(sys.modules, "hf_pvt.detection_hf_pvt", module)
+    monkeypatch.setitem(sys.modules, "hf_pvt.retinanet_hf_pvt", module)
     (result,) = detection.post_process_object_detection(fake_outputs(1), target_sizes=[(128, 192)])
     assert result["boxes"].tolist() == [[0, 0, 192, 128]]
 

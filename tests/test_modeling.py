@@ -8,7 +8,7 @@ from conftest import FAMILY, TINY, tiny_config, tiny_reference, to_hf_pvt_state_
 
 from hf_pvt import PRESETS, HfPvtBackbone, HfPvtConfig, HfPvtForImageClassification, HfPvtModel
 
-# SPEC §2 parameter counts (millions, as published) of the ImageNet models.
+# The papers' parameter counts (millions, as published) of the ImageNet models.
 PUBLISHED_PARAMS_M = {
     "pvt-tiny": 13.2, "pvt-small": 24.5, "pvt-medium": 44.2, "pvt-large": 61.4,
     "pvt-v2-b0": 3.7, "pvt-v2-b1": 14.0, "pvt-v2-b2": 25.4, "pvt-v2-b2-li": 22.6,

@@ -8,14 +8,10 @@ import pytest
 import torch
 from conftest import tiny_config, tiny_reference, to_hf_pvt_state_dict
 
-from conversion.layouts import ORIGINAL_TO_HF_PVT, rename_key
-from hf_pvt.modeling_hf_pvt import (
-    HfPvtForImageClassification,
-    HfPvtMlp,
-    _CpuMlpFunction,
-    conv_to_tokens,
-    tokens_to_map,
-)
+from hf_pvt import cpu_paths_hf_pvt, modeling_hf_pvt
+from hf_pvt.conversion.layouts import ORIGINAL_TO_HF_PVT, rename_key
+from hf_pvt.cpu_paths_hf_pvt import CpuMlpFunction, conv_to_tokens, tokens_to_map
+from hf_pvt.modeling_hf_pvt import HfPvtForImageClassification, HfPvtMlp
 
 
 def _model_and_reference(member: str) -> tuple[HfPvtForImageClassification, torch.nn.Module]:
@@ -72,16 +68,22 @@ def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkey
     model, reference = _model_and_reference(member)
     pixel_values = torch.randn(2, 3, 40, 36)
     chunk_counts, plain_calls = [], []
-    chunks, plain = HfPvtMlp._inference_chunks, HfPvtMlp._forward
+    chunks, fast = cpu_paths_hf_pvt.inference_chunks, cpu_paths_hf_pvt.mlp_forward
 
     def counting_chunks(*args):
         result = chunks(*args)
         chunk_counts.append(len(result))
         return result
 
-    monkeypatch.setattr(HfPvtMlp, "_inference_chunks", counting_chunks)
-    monkeypatch.setattr(HfPvtMlp, "_forward", lambda *args: plain_calls.append(1) or plain(*args))
-    monkeypatch.setattr(HfPvtMlp, "cpu_inference_chunk_bytes", chunk_bytes)
+    def counting_fast(*args):  # the modules' own path runs exactly when the fast path declines
+        result = fast(*args)
+        if result is None:
+            plain_calls.append(1)
+        return result
+
+    monkeypatch.setattr(cpu_paths_hf_pvt, "inference_chunks", counting_chunks)
+    monkeypatch.setattr(modeling_hf_pvt, "mlp_forward", counting_fast)
+    monkeypatch.setattr(cpu_paths_hf_pvt, "INFERENCE_CHUNK_BYTES", chunk_bytes)
     with torch.inference_mode():
         logits = model(pixel_values).logits
         features = model.pvt(pixel_values).feature_maps
@@ -98,8 +100,7 @@ def test_inference_chunks_cover_every_row_once():
     for member in ("v1", "v2"):
         mlp = HfPvtMlp(tiny_config(member), 8, 4)
         for chunk_bytes in (1, 200, 700, 5000, 2**30):
-            mlp.cpu_inference_chunk_bytes = chunk_bytes
-            chunks = mlp._inference_chunks(3, 7 * 5, 7, 5, torch.float32)
+            chunks = cpu_paths_hf_pvt.inference_chunks(mlp, 3, 7 * 5, 7, 5, torch.float32, chunk_bytes)
             covered = [row for _, output_rows, _, _ in chunks for row in range(output_rows.start, output_rows.stop)]
             assert covered == list(range(3 * 7 * 5))
             for input_rows, output_rows, band_height, kept in chunks:
@@ -175,13 +176,13 @@ def test_fused_training_mlp_gives_autograd_outputs_and_gradients(member, dtype, 
     model = HfPvtForImageClassification(tiny_config(member)).train()
     pixel_values = torch.randn(3, 3, 64, 48)
     # Small chunks, so that the weight gradients really sum over several chunks (one image each for v2).
-    monkeypatch.setattr(HfPvtMlp, "cpu_chunk_bytes", 3000)
+    monkeypatch.setattr(cpu_paths_hf_pvt, "TRAINING_CHUNK_BYTES", 3000)
     calls = []
-    apply = _CpuMlpFunction.apply
-    monkeypatch.setattr(_CpuMlpFunction, "apply", lambda *args: calls.append(1) or apply(*args))
+    apply = CpuMlpFunction.apply
+    monkeypatch.setattr(CpuMlpFunction, "apply", lambda *args: calls.append(1) or apply(*args))
     fused = _step_gradients(model, pixel_values, dtype)
     assert len(calls) == sum(tiny_config(member).depths)
-    monkeypatch.setattr(HfPvtMlp, "_fused_backward_applies", lambda self, hidden_states: False)
+    monkeypatch.setattr(cpu_paths_hf_pvt, "fused_backward_applies", lambda mlp, hidden_states: False)
     plain = _step_gradients(model, pixel_values, dtype)
     assert len(calls) == sum(tiny_config(member).depths)
     tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype is None else {"atol": 3e-2, "rtol": 3e-2}
@@ -202,7 +203,7 @@ def test_fused_training_mlp_skips_frozen_weights(monkeypatch):
             parameter.requires_grad_(False)
     pixel_values = torch.randn(2, 3, 64, 64)
     _, fused, fused_input = _step_gradients(model, pixel_values)
-    monkeypatch.setattr(HfPvtMlp, "_fused_backward_applies", lambda self, hidden_states: False)
+    monkeypatch.setattr(cpu_paths_hf_pvt, "fused_backward_applies", lambda mlp, hidden_states: False)
     _, plain, plain_input = _step_gradients(model, pixel_values)
     assert not any(".mlp.fc1." in name or ".mlp.dwconv.weight" in name for name in fused)
     torch.testing.assert_close(fused_input, plain_input, atol=1e-5, rtol=1e-4)
@@ -253,3 +254,41 @@ def test_patch_matmul_weight_copy_follows_the_weight():
     # Made in inference mode, the copy is still a normal tensor: usable under no_grad and with autograd on.
     with torch.no_grad():
         torch.testing.assert_close(conv_to_tokens(conv, feature_map)[0], conv(feature_map).flatten(2).transpose(1, 2))
+
+
+@pytest.mark.parametrize("member", ["v1", "v2", "v2-linear"])
+def test_switching_the_fast_paths_off_changes_nothing_but_the_path(member, monkeypatch):
+    """HF_PVT_FAST_PATHS=0 (read at every call) runs the plain modules: the same outputs and gradients, and
+    really none of the fast paths."""
+    torch.manual_seed(0)
+    model = HfPvtForImageClassification(tiny_config(member)).train()
+    pixel_values = torch.randn(2, 3, 64, 48)
+    calls = []
+    for name in ("mlp_inference", "_token_order_weight"):
+        original = getattr(cpu_paths_hf_pvt, name)
+        monkeypatch.setattr(cpu_paths_hf_pvt, name, lambda *args, f=original, n=name: calls.append(n) or f(*args))
+    apply = CpuMlpFunction.apply
+    monkeypatch.setattr(CpuMlpFunction, "apply", lambda *args: calls.append("CpuMlpFunction") or apply(*args))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor]:
+        with torch.inference_mode():
+            inference = model.eval()(pixel_values).logits
+        logits, grads, input_grad = _step_gradients(model.train(), pixel_values)
+        return inference, logits, grads, input_grad
+
+    fast = run()
+    assert {"mlp_inference", "CpuMlpFunction", "_token_order_weight"} <= set(calls)
+    calls.clear()
+    monkeypatch.setenv("HF_PVT_FAST_PATHS", "0")
+    plain = run()
+    assert calls == []
+    torch.testing.assert_close(fast[0], plain[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[1], plain[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[3], plain[3], atol=1e-5, rtol=1e-4)
+    assert fast[2].keys() == plain[2].keys()
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(fast[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    monkeypatch.setenv("HF_PVT_FAST_PATHS", "1")
+    with torch.inference_mode():
+        model.eval()(pixel_values)
+    assert "mlp_inference" in calls

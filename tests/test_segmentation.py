@@ -74,7 +74,8 @@ def semantic_fpn_by_hand(model: HfPvtForSemanticSegmentation, feature_maps: tupl
 @pytest.mark.parametrize("member", ["v1", "v2"])
 @pytest.mark.parametrize("size", [(128, 96), (100, 75)])
 def test_semantic_fpn_matches_functional_computation(member, size):
-    model = seg_model(member).eval()
+    # The GroupNorm head; the BatchNorm head is checked against MMSegmentation's in test_semantic_fpn_parity.py.
+    model = seg_model(member, semantic_head_norm="group_norm").eval()
     with torch.no_grad():
         for parameter in model.parameters():  # GroupNorm 1/0 and zero biases would hide mix-ups
             parameter.add_(torch.randn_like(parameter) * 0.05)
@@ -281,7 +282,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"class ids in \[150, 150\]"):
         model(pixel_values, labels=unreduced)
     with pytest.raises(ValueError, match="multiple of 32"):
-        seg_model("v2", decoder_head_size=48)
+        seg_model("v2", decoder_head_size=48, semantic_head_norm="group_norm")
     with pytest.raises(ValueError, match="num_labels >= 2"):
         HfPvtForSemanticSegmentation(tiny_config("v2", num_labels=1))
     with pytest.raises(ValueError, match="hold no pixels"):
