@@ -120,39 +120,49 @@ def detector_name(variant: str) -> str:
     return f"retinanet-{variant}"
 
 
-def _detector_metadata(variant: str | None, config: HfPvtConfig, claims: bool) -> dict[str, Any]:
+def _dense_metadata(
+    config: HfPvtConfig, pipeline_tag: str, head_tags: list[str], dataset: str, claims: bool
+) -> dict[str, Any]:
+    """The Hub metadata every dense head's card shares; `dataset` is named only where the card claims results."""
     version_tag = "pvt-v2" if config.pvt_version == 2 else "pvt-v1"
+    tags = ["vision", pipeline_tag, *head_tags, "pvt", version_tag, "hf_pvt", "pyramid-vision-transformer"]
     metadata: dict[str, Any] = {
         "license": "apache-2.0",
         "library_name": "transformers",
-        "pipeline_tag": "object-detection",
-        "tags": [
-            "vision",
-            "object-detection",
-            "retinanet",
-            "pvt",
-            version_tag,
-            "hf_pvt",
-            "pyramid-vision-transformer",
-        ],
+        "pipeline_tag": pipeline_tag,
+        "tags": tags,
     }
     if claims:
-        metadata["datasets"] = ["coco"]
+        metadata["datasets"] = [dataset]
+    return metadata
+
+
+def _model_index(
+    name: str, task: tuple[str, str], dataset: dict[str, str], metrics: list[dict[str, Any]], source: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """One published result in the Hub's `model-index` form."""
+    result = {
+        "task": {"type": task[0], "name": task[1]},
+        "dataset": dataset,
+        "metrics": metrics,
+        "source": {"name": source[0], "url": source[1]},
+    }
+    return [{"name": name, "results": [result]}]
+
+
+_COCO_VALIDATION = {"type": "coco", "name": "COCO 2017", "split": "validation"}
+
+
+def _detector_metadata(variant: str | None, config: HfPvtConfig, claims: bool) -> dict[str, Any]:
+    metadata = _dense_metadata(config, "object-detection", ["retinanet"], "coco", claims)
     if claims and variant in RESULTS:
-        paper_name, paper_url = PAPERS[config.pvt_version]
-        metadata["model-index"] = [
-            {
-                "name": detector_name(variant),
-                "results": [
-                    {
-                        "task": {"type": "object-detection", "name": "Object Detection"},
-                        "dataset": {"type": "coco", "name": "COCO 2017", "split": "validation"},
-                        "metrics": [{"type": "mAP", "name": "box AP", "value": RESULTS[variant]["box_ap"]}],
-                        "source": {"name": paper_name, "url": paper_url},
-                    }
-                ],
-            }
-        ]
+        metadata["model-index"] = _model_index(
+            detector_name(variant),
+            ("object-detection", "Object Detection"),
+            _COCO_VALIDATION,
+            [{"type": "mAP", "name": "box AP", "value": RESULTS[variant]["box_ap"]}],
+            PAPERS[config.pvt_version],
+        )
     return metadata
 
 
@@ -220,43 +230,16 @@ def mask_rcnn_name(variant: str) -> str:
 
 
 def _mask_rcnn_metadata(variant: str | None, config: HfPvtConfig, claims: bool) -> dict[str, Any]:
-    version_tag = "pvt-v2" if config.pvt_version == 2 else "pvt-v1"
-    metadata: dict[str, Any] = {
-        "license": "apache-2.0",
-        "library_name": "transformers",
-        "pipeline_tag": "image-segmentation",
-        "tags": [
-            "vision",
-            "image-segmentation",
-            "instance-segmentation",
-            "mask-rcnn",
-            "pvt",
-            version_tag,
-            "hf_pvt",
-            "pyramid-vision-transformer",
-        ],
-    }
-    if claims:
-        metadata["datasets"] = ["coco"]
+    metadata = _dense_metadata(config, "image-segmentation", ["instance-segmentation", "mask-rcnn"], "coco", claims)
     if claims and "mask_rcnn" in RESULTS.get(variant, {}):
         box_ap, mask_ap = RESULTS[variant]["mask_rcnn"]
-        paper_name, paper_url = PAPERS[config.pvt_version]
-        metadata["model-index"] = [
-            {
-                "name": mask_rcnn_name(variant),
-                "results": [
-                    {
-                        "task": {"type": "image-segmentation", "name": "Instance Segmentation"},
-                        "dataset": {"type": "coco", "name": "COCO 2017", "split": "validation"},
-                        "metrics": [
-                            {"type": "mAP", "name": "box AP", "value": box_ap},
-                            {"type": "mAP", "name": "mask AP", "value": mask_ap},
-                        ],
-                        "source": {"name": paper_name, "url": paper_url},
-                    }
-                ],
-            }
-        ]
+        metadata["model-index"] = _model_index(
+            mask_rcnn_name(variant),
+            ("image-segmentation", "Instance Segmentation"),
+            _COCO_VALIDATION,
+            [{"type": "mAP", "name": "box AP", "value": box_ap}, {"type": "mAP", "name": "mask AP", "value": mask_ap}],
+            PAPERS[config.pvt_version],
+        )
     return metadata
 
 
@@ -331,40 +314,19 @@ def segmenter_name(variant: str) -> str:
 
 
 def _segmenter_metadata(variant: str | None, config: HfPvtConfig, claims: bool) -> dict[str, Any]:
-    version_tag = "pvt-v2" if config.pvt_version == 2 else "pvt-v1"
-    metadata: dict[str, Any] = {
-        "license": "apache-2.0",
-        "library_name": "transformers",
-        "pipeline_tag": "image-segmentation",
-        "tags": [
-            "vision",
-            "image-segmentation",
-            "semantic-segmentation",
-            "semantic-fpn",
-            "pvt",
-            version_tag,
-            "hf_pvt",
-            "pyramid-vision-transformer",
-        ],
-    }
-    if claims:
-        metadata["datasets"] = ["scene_parse_150"]
+    metadata = _dense_metadata(
+        config, "image-segmentation", ["semantic-segmentation", "semantic-fpn"], "scene_parse_150", claims
+    )
     paper, code = RESULTS.get(variant, {}).get("miou", (None, None))
     if claims and code is not None:
         paper_name, paper_url = PAPERS[config.pvt_version]
-        metadata["model-index"] = [
-            {
-                "name": segmenter_name(variant),
-                "results": [
-                    {
-                        "task": {"type": "image-segmentation", "name": "Semantic Segmentation"},
-                        "dataset": {"type": "scene_parse_150", "name": "ADE20K", "split": "validation"},
-                        "metrics": [{"type": "mean_iou", "name": "mIoU", "value": code}],
-                        "source": {"name": f"{paper_name}, the authors' released segmentation code", "url": paper_url},
-                    }
-                ],
-            }
-        ]
+        metadata["model-index"] = _model_index(
+            segmenter_name(variant),
+            ("image-segmentation", "Semantic Segmentation"),
+            {"type": "scene_parse_150", "name": "ADE20K", "split": "validation"},
+            [{"type": "mean_iou", "name": "mIoU", "value": code}],
+            (f"{paper_name}, the authors' released segmentation code", paper_url),
+        )
     return metadata
 
 
