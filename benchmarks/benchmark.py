@@ -1,22 +1,29 @@
-"""hf_pvt against Transformers' PVT ports, on identical weights, in one run on one machine.
+"""hf_pvt against Transformers' PVT ports, on identical weights, under two memory allocators, in one run.
 
-    python benchmarks/benchmark.py            # full run, three rounds (about 40 minutes on 2 quiet CPU cores)
+    python benchmarks/benchmark.py            # full run: 2 rounds x 2 allocators (about 40 minutes on 2 quiet cores)
     python benchmarks/benchmark.py --runs 1   # one round
-    python benchmarks/benchmark.py --quick    # smoke test: one round, few iterations, no torch.compile
+    python benchmarks/benchmark.py --quick    # smoke test: one round, few iterations, default allocator only
     python benchmarks/benchmark.py --only b1  # the cases whose name contains "b1" (--skip: all others)
+    python benchmarks/benchmark.py --allocators kept   # one allocator (default: both)
     python benchmarks/benchmark.py --render   # rewrite the markdown table from the saved JSON
     python benchmarks/benchmark.py --update-readme   # also put the table into README.md (with --render: no run)
     python benchmarks/benchmark.py --device cuda   # bf16 autocast, batch 64 (written for CUDA, see README)
 
-Every measurement runs in a fresh subprocess, so that one model's allocations cannot hide in another's peak:
+Every measurement runs in a fresh subprocess, so that one model's allocations cannot hide in another's peak, and
+each timing runs twice, in processes that differ only in the allocator's settings (`ALLOCATORS`): glibc's default,
+which returns large freed blocks to the OS so that the next allocation faults its pages in again, and "kept"
+(`MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` / `MALLOC_TOP_PAD_` raised), which keeps freed memory as
+jemalloc and tcmalloc do. A speedup that holds under one only is the allocator's, not the model's.
 - timing: a Transformers model with random weights and the hf_pvt model the converter makes of it (and, for
   inference, hf_pvt's own ONNX export of it in ONNX Runtime), outputs checked for agreement, then timed in
-  alternating iterations, so machine noise (other processes) hits all alike; latency is the median. The fp32
-  matrix-multiply rate is measured in the same process just before, and throughput is given as a fraction of
-  it, with the papers' MACs (`hf_pvt.variants_hf_pvt.RESULTS`; GFLOP = 2 x GMACs per image, a training step
+  alternating iterations, so machine noise (other processes) hits all alike; latency is the median. Before each
+  iteration the fp32 matrix-multiply rate is sampled, and throughput is given as a fraction of it, with the FLOPs
+  counted by torch's `FlopCounterMode` on hf_pvt's plain path (matmuls, convolutions, attention; a training step
   counts as three forward passes);
-- rounds: the whole list of cases runs `--runs` times (default 3), one round after the other; the table gives
-  the median over rounds and the spread (lowest and highest) of the speedups;
+- dense rows (`benchmarks/dense_cases.py`): backbones at 800x1216 against Transformers' `PvtV2Backbone`, and each
+  head end to end (preprocessed photo -> forward -> post-processing) with the share of each stage;
+- rounds: the whole list of cases runs `--runs` times (default 2), one round after the other, each case under
+  both allocators back to back; the table gives the median over rounds and the spread (lowest and highest);
 - memory: one subprocess per model; the peak resident set (CPU: `ru_maxrss` after resetting the peak through
   `/proc/self/clear_refs`, with glibc told to return freed memory at once) or `torch.cuda.max_memory_allocated`
   during the first measured step, minus the level after the model was built (first round only).
@@ -38,6 +45,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+# The environment each allocator's workers get. glibc accepts mmap thresholds up to 32 MiB; blocks below it come
+# from the heap, which is neither trimmed nor shrunk (top pad 1 GiB), so freed memory is reused without faults.
+ALLOCATORS = {
+    "default": {},
+    "kept": {
+        "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+        "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30),
+        "MALLOC_TOP_PAD_": str(2**30),
+    },
+}
+DENSE_KINDS = ("retinanet", "semantic_fpn", "mask_rcnn")
 
 # ----------------------------------------------------------------------------------------------------------
 # Worker side: one case in a fresh process.
@@ -64,6 +82,7 @@ def _build(impl: str, preset: str, kind: str, image_size: int):
 
     from hf_pvt.configuration_hf_pvt import HfPvtConfig
     from hf_pvt.conversion.convert import convert
+    from hf_pvt.modeling_hf_pvt import HfPvtBackbone
 
     torch.manual_seed(0)
     config = HfPvtConfig.from_preset(preset)
@@ -93,6 +112,12 @@ def _build(impl: str, preset: str, kind: str, image_size: int):
         path = f"{folder}/transformers.safetensors"
         save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, path)
         model = convert(path, variant=preset).model
+    if kind == "backbone" and config.pvt_version == 1:  # Transformers has no v1 backbone; hf_pvt's, same encoder
+        backbone = HfPvtBackbone(HfPvtConfig.from_preset(preset, out_indices=[0, 1, 2, 3]))
+        # The dense v1 encoder has no class token and no final norm; every tensor it has comes from the classifier.
+        missing, _ = backbone.load_state_dict(model.pvt.state_dict(), strict=False)
+        assert not missing, missing
+        return backbone
     if kind == "backbone":
         model.out_indices = [0, 1, 2, 3]
     return model
@@ -154,16 +179,18 @@ def step_fn(model, case: dict, pixel_values):
 
 
 def _prepare(impl: str, case: dict):
-    import torch
-
     # Transformers' v1 is built for 224 like the released models; at other sizes its own error is recorded.
     model = _build("hf_pvt" if impl.startswith("hf_pvt") else "transformers", case["preset"], case["kind"], 224)
     model.to(case["device"])
     if impl == "hf_pvt+ckpt":
         model.gradient_checkpointing_enable()
-    if impl == "hf_pvt+compile":
-        model = torch.compile(model, fullgraph=True)
     return model
+
+
+def _pixel_values(case: dict):
+    import torch
+
+    return torch.randn(case["batch"], 3, *case["size"], device=case["device"])
 
 
 def _onnx_session(case: dict, onnx_dir: str):
@@ -201,9 +228,14 @@ def worker_memory(case: dict, impl: str) -> dict:
 
     import torch
 
-    model = _prepare(impl, case)
-    pixel_values = torch.randn(case["batch"], 3, case["size"], case["size"], device=case["device"])
-    step = step_fn(model, case, pixel_values)
+    if case["kind"] in DENSE_KINDS:
+        from benchmarks.dense_cases import build_dense_step
+
+        step, _ = build_dense_step(case["kind"], case["preset"])
+        step()  # the first call's one-off allocations (weight copies kept by the fast paths) are the model's
+    else:
+        model = _prepare(impl, case)
+        step = step_fn(model, case, _pixel_values(case))
     gc.collect()
     if case["device"] == "cuda":
         torch.cuda.synchronize()
@@ -236,11 +268,24 @@ def worker_export(preset: str, kind: str, onnx_dir: str) -> dict:
     return {"export_s": time.perf_counter() - start, "onnx_mib": path.stat().st_size / 2**20}
 
 
+def _step_flops(model, case: dict, pixel_values) -> int:
+    """FLOPs of one measured step of `model` (hf_pvt's, plain path): its forward, three times for training."""
+    import torch
+
+    from benchmarks.dense_cases import count_flops
+
+    training = model.training
+    with torch.no_grad():
+        flops = count_flops(lambda: _outputs(model.eval(), pixel_values))
+    model.train(training)
+    return flops * (3 if case["mode"] == "train" else 1)
+
+
 def worker_timing(case: dict, impls: list[str], warmup: int, iterations: int, onnx_dir: str | None) -> dict:
     import torch
 
-    pixel_values = torch.randn(case["batch"], 3, case["size"], case["size"], device=case["device"])
-    results = {"matmul_gflops": worker_matmul(case["device"])["matmul_gflops"]}
+    pixel_values = _pixel_values(case)
+    results = {"allocator_env": {key: os.environ.get(key) for key in ALLOCATORS["kept"]}}
     models, steps = {}, {}
     for impl in impls:
         try:
@@ -259,6 +304,8 @@ def worker_timing(case: dict, impls: list[str], warmup: int, iterations: int, on
         except Exception as error:  # noqa: BLE001 - the error is the result (Transformers v1 off 224)
             results[impl] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
             steps.pop(impl, None)
+    if "hf_pvt" in models and case["device"] == "cpu" and case["precision"] == "fp32":
+        results["flops"] = _step_flops(models["hf_pvt"], case, pixel_values)
     if "hf_pvt" in models and "transformers" in steps and case["mode"] == "infer":
         small = pixel_values[:1].float() if case["precision"] == "fp32" else pixel_values[:1]
         results["check"] = _compare(models["hf_pvt"].eval(), models["transformers"].eval(), small)
@@ -269,27 +316,69 @@ def worker_timing(case: dict, impls: list[str], warmup: int, iterations: int, on
         results["onnx_check"] = max(
             (torch.from_numpy(ours) - theirs).abs().max().item() for ours, theirs in zip(actual, expected)
         )
-    times = {impl: [] for impl in steps}
+    times, rates = {impl: [] for impl in steps}, []
     for _ in range(iterations):  # alternate, so that load from other processes hits every model alike
+        rates.append(matmul_rate(case["device"]))
         for impl, step in steps.items():
             _sync(case["device"])
             start = time.perf_counter()
             step()
             _sync(case["device"])
             times[impl].append(time.perf_counter() - start)
+    results["matmul_gflops"] = statistics.median(rates)
     for impl, samples in times.items():
-        latency = statistics.median(samples)
-        results[impl].update(
-            latency_ms=latency * 1e3,
-            best_ms=min(samples) * 1e3,
-            images_per_s=case["batch"] / latency,
-            iterations=len(samples),
-        )
+        results[impl].update(_latency_summary(samples, rates, case["batch"], results.get("flops")))
     return results
 
 
-def worker_matmul(device: str, size: int = 2048, repeats: int = 10) -> dict:
-    """fp32 GFLOP/s of a large square matmul: the machine's attainable rate for the same threads."""
+def _latency_summary(samples: list[float], rates: list[float], batch: int, flops: int | None) -> dict:
+    """Median latency, and the median over iterations of the step's FLOP rate against the matmul rate sampled
+    just before that iteration (the host's speed drifts within a run)."""
+    latency = statistics.median(samples)
+    summary = {
+        "latency_ms": latency * 1e3,
+        "best_ms": min(samples) * 1e3,
+        "images_per_s": batch / latency,
+        "iterations": len(samples),
+    }
+    if flops:
+        summary["fraction_of_matmul"] = statistics.median(
+            flops / seconds / 1e9 / rate for seconds, rate in zip(samples, rates)
+        )
+    return summary
+
+
+def worker_dense(case: dict, warmup: int, iterations: int) -> dict:
+    """A dense head end to end (`benchmarks/dense_cases.py`): latency, FLOP rate and the stages' shares."""
+    from benchmarks.dense_cases import STAGES, build_dense_step
+
+    step, info = build_dense_step(case["kind"], case["preset"])
+    for _ in range(warmup):
+        step()
+    samples, rates, parts = [], [], []
+    for _ in range(iterations):
+        rates.append(matmul_rate(case["device"]))
+        start = time.perf_counter()
+        parts.append(step())
+        samples.append(time.perf_counter() - start)
+    result = _latency_summary(samples, rates, 1, info["flops"])
+    # The forward's FLOP rate: post-processing runs no matmuls, so it is left out of the fraction.
+    forward = [seconds - part["postprocess"] for seconds, part in zip(samples, parts)]
+    result["fraction_of_matmul"] = statistics.median(
+        info["flops"] / seconds / 1e9 / rate for seconds, rate in zip(forward, rates)
+    )
+    result["stages_s"] = {stage: statistics.median(part[stage] for part in parts) for stage in STAGES}
+    return {
+        "hf_pvt": result,
+        "flops": info["flops"],
+        "dense": info,
+        "matmul_gflops": statistics.median(rates),
+        "allocator_env": {key: os.environ.get(key) for key in ALLOCATORS["kept"]},
+    }
+
+
+def matmul_rate(device: str, size: int = 2048, repeats: int = 3) -> float:
+    """fp32 GFLOP/s of a large square matmul (median of `repeats`): the attainable rate for the same threads."""
     import torch
 
     a = torch.randn(size, size, device=device)
@@ -302,7 +391,7 @@ def worker_matmul(device: str, size: int = 2048, repeats: int = 10) -> dict:
         a @ b
         _sync(device)
         samples.append(time.perf_counter() - start)
-    return {"matmul_gflops": 2 * size**3 / min(samples) / 1e9, "matmul_size": size}
+    return 2 * size**3 / statistics.median(samples) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -310,10 +399,11 @@ def worker_matmul(device: str, size: int = 2048, repeats: int = 10) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_cases(device: str, compile_: bool) -> list[dict]:
+def build_cases(device: str, bf16: bool) -> list[dict]:
     cases = []
 
     def add(name, preset, kind, mode, size, batch, impls, precision="fp32", memory=True):
+        size = [size, size] if isinstance(size, int) else list(size)
         cases.append(
             dict(
                 name=name, preset=preset, kind=kind, mode=mode, size=size, batch=batch,
@@ -333,23 +423,26 @@ def build_cases(device: str, compile_: bool) -> list[dict]:
         for batch in (1, 8):
             add(f"{preset} 224 b{batch}", preset, "cls", "infer", 224, batch, with_onnx, memory=batch == 8)
         add(f"{preset} 224 b8 train", preset, "cls", "train", 224, 8, [*both, "hf_pvt+ckpt"])
-        for batch in (1, 8):
-            add(f"{preset} 224 b{batch} bf16", preset, "cls", "infer", 224, batch, both, "bf16", memory=False)
-        add(f"{preset} 224 b8 bf16 train", preset, "cls", "train", 224, 8, both, "bf16", memory=False)
-        if compile_ and preset == "pvt-v2-b2":  # one model: compiling costs minutes on a small CPU
-            add(f"{preset} 224 b8 compile", preset, "cls", "infer", 224, 8, ["hf_pvt+compile"], memory=False)
-    add("pvt-v2-b2 backbone 1024 b1", "pvt-v2-b2", "backbone", "infer", 1024, 1, both)
-    for size in (512, 1024):
-        add(f"pvt-small {size} b1", "pvt-small", "cls", "infer", size, 1, both)
+        if bf16:
+            for batch in (1, 8):
+                add(f"{preset} 224 b{batch} bf16", preset, "cls", "infer", 224, batch, both, "bf16", memory=False)
+            add(f"{preset} 224 b8 bf16 train", preset, "cls", "train", 224, 8, both, "bf16", memory=False)
+    for preset in ("pvt-small", "pvt-v2-b0", "pvt-v2-b2"):
+        add(f"{preset} backbone 800x1216", preset, "backbone", "infer", (800, 1216), 1, both)
+    for kind, preset in (("retinanet", "pvt-v2-b2"), ("semantic_fpn", "pvt-v2-b2"), ("mask_rcnn", "pvt-v2-b2")):
+        add(f"{preset} {kind.replace('_', ' ')}", preset, kind, "infer", 0, 1, ["hf_pvt"])
     return cases
 
 
-def run_worker(payload: dict, timeout: float = 1800) -> dict:
+def run_worker(payload: dict, allocator: str = "default", timeout: float = 1800) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for key in ALLOCATORS["kept"]:
+        env.pop(key, None)  # each allocator exactly as described, whatever the caller's environment holds
+    env.update(ALLOCATORS[allocator])
     if payload["task"] == "memory":
         # glibc keeps freed heap memory (allocations under its mmap threshold) mapped, so the resident peak would
         # count tensors long dead; mapping allocations from 64 KiB up makes frees visible and the peak that of live
-        # tensors. Same setting for both libraries; timing workers keep the default allocator.
+        # tensors. Same setting for every model.
         env.update({"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(payload)]
     try:
@@ -380,135 +473,179 @@ def _span(values: list) -> tuple[float, float] | None:
     return (min(values), max(values)) if len(values) > 1 else None
 
 
-def summarise(results: list[dict]) -> list[dict]:
-    """One row per case and implementation: medians over the rounds, the spread of the speedups, the ratios
-    against Transformers (and, for ONNX Runtime, against hf_pvt eager) and the fraction of the matmul rate."""
-    from hf_pvt.variants_hf_pvt import RESULTS
+def _over_rounds(rounds: list[dict], impl: str) -> dict:
+    """One implementation's figures under one allocator: medians over the rounds and their spread."""
+    latencies, against_reference, against_eager, fractions, errors, stages = [], [], [], [], [], []
+    for timing in rounds:
+        entry = timing.get(impl, {})
+        errors.append(entry.get("error") or timing.get("error"))
+        if "latency_ms" not in entry:
+            continue
+        latencies.append(entry["latency_ms"])
+        fractions.append(entry.get("fraction_of_matmul"))
+        stages.append(entry.get("stages_s"))
+        reference, eager = timing.get("transformers", {}), timing.get("hf_pvt", {})
+        if "latency_ms" in reference and impl != "transformers":
+            against_reference.append(reference["latency_ms"] / entry["latency_ms"])
+        if impl == "hf_pvt+onnxruntime" and "latency_ms" in eager:
+            against_eager.append(eager["latency_ms"] / entry["latency_ms"])
+    stages = [stage for stage in stages if stage]
+    return {
+        "runs": len(latencies),
+        "latency_ms": _median(latencies),
+        "latency_ms_span": _span(latencies),
+        "speedup_vs_transformers": _median(against_reference),
+        "speedup_vs_transformers_span": _span(against_reference),
+        "speedup_vs_hf_pvt_eager": _median(against_eager),
+        "speedup_vs_hf_pvt_eager_span": _span(against_eager),
+        "fraction_of_matmul": _median(fractions),
+        "fraction_of_matmul_span": _span(fractions),
+        "stages_s": {name: _median([stage[name] for stage in stages]) for name in stages[0]} if stages else None,
+        "error": next((error for error in errors if error), None) if not latencies else None,
+    }
 
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per case and implementation, with each allocator's medians over the rounds, the spread of the
+    speedups, the ratios against Transformers (and, for ONNX Runtime, against hf_pvt eager) and the fraction of the
+    matmul rate."""
     rows = []
     for case in results:
-        rounds, memory = case["timing"], case.get("memory", {})
-        reference_memory = memory.get("transformers", {})
-        gmacs = RESULTS.get(case["preset"], {}).get("gmacs", 0)  # per 224x224 image, as published
-        flops_per_image = 2e9 * gmacs * (3 if case["mode"] == "train" else 1)
+        memory, reference_memory = case.get("memory", {}), case.get("memory", {}).get("transformers", {})
+        all_rounds = [timing for rounds in case["timing"].values() for timing in rounds]
+        flops = next((timing["flops"] for timing in all_rounds if timing.get("flops")), None)
         for impl in case["impls"]:
-            latencies, against_reference, against_eager, fractions, errors = [], [], [], [], []
-            for timing in rounds:
-                entry = timing.get(impl, {})
-                errors.append(entry.get("error") or timing.get("error"))
-                if "latency_ms" not in entry:
-                    continue
-                latencies.append(entry["latency_ms"])
-                reference, eager = timing.get("transformers", {}), timing.get("hf_pvt", {})
-                if "latency_ms" in reference and impl != "transformers":
-                    against_reference.append(reference["latency_ms"] / entry["latency_ms"])
-                if impl == "hf_pvt+onnxruntime" and "latency_ms" in eager:
-                    against_eager.append(eager["latency_ms"] / entry["latency_ms"])
-                if case["size"] == 224 and case["precision"] == "fp32" and timing.get("matmul_gflops"):
-                    fractions.append(flops_per_image * entry["images_per_s"] / 1e9 / timing["matmul_gflops"])
+            per_allocator = {name: _over_rounds(rounds, impl) for name, rounds in case["timing"].items()}
             mem = memory.get(impl, {})
-            latency = _median(latencies)
-            checks = [timing.get("check", {}) for timing in rounds if "check" in timing]
-            onnx_checks = [timing["onnx_check"] for timing in rounds if "onnx_check" in timing]
-            rows.append(
-                {
-                    "case": case["name"],
-                    "impl": impl,
-                    "mode": case["mode"],
-                    "batch": case["batch"],
-                    "size": case["size"],
-                    "precision": case["precision"],
-                    "runs": len(latencies),
-                    "latency_ms": latency,
-                    "latency_ms_span": _span(latencies),
-                    "images_per_s": case["batch"] / latency * 1e3 if latency else None,
-                    "speedup_vs_transformers": _median(against_reference),
-                    "speedup_vs_transformers_span": _span(against_reference),
-                    "speedup_vs_hf_pvt_eager": _median(against_eager),
-                    "speedup_vs_hf_pvt_eager_span": _span(against_eager),
-                    "fraction_of_matmul": _median(fractions),
-                    "fraction_of_matmul_span": _span(fractions),
-                    "peak_mib": mem.get("peak_mib"),
-                    "memory_ratio_vs_transformers": (
-                        mem["peak_mib"] / reference_memory["peak_mib"]
-                        if "peak_mib" in mem and "peak_mib" in reference_memory and impl != "transformers"
-                        else None
-                    ),
-                    "max_abs_diff": _worst(checks, "max_abs_diff", impl == "transformers"),
-                    "max_abs_diff_same_eps": _worst(checks, "max_abs_diff_same_eps", impl == "transformers"),
-                    "onnx_max_abs_diff": max(onnx_checks) if onnx_checks and impl == "hf_pvt+onnxruntime" else None,
-                    "error": next((error for error in errors if error), None) if not latencies else None,
-                }
-            )
-            if mem.get("error") and not rows[-1]["error"]:
-                rows[-1]["error"] = mem["error"]
+            checks = [timing["check"] for timing in all_rounds if "check" in timing]
+            onnx_checks = [timing["onnx_check"] for timing in all_rounds if "onnx_check" in timing]
+            first = next(iter(per_allocator.values()), {})
+            row = {
+                "case": case["name"],
+                "impl": impl,
+                "mode": case["mode"],
+                "batch": case["batch"],
+                "size": case["size"],
+                "precision": case["precision"],
+                "gflop": flops / 1e9 / case["batch"] if flops else None,
+                "allocators": per_allocator,
+                "peak_mib": mem.get("peak_mib"),
+                "memory_ratio_vs_transformers": (
+                    mem["peak_mib"] / reference_memory["peak_mib"]
+                    if "peak_mib" in mem and "peak_mib" in reference_memory and impl != "transformers"
+                    else None
+                ),
+                "max_abs_diff": _worst(checks, "max_abs_diff", impl == "transformers"),
+                "max_abs_diff_same_eps": _worst(checks, "max_abs_diff_same_eps", impl == "transformers"),
+                "onnx_max_abs_diff": max(onnx_checks) if onnx_checks and impl == "hf_pvt+onnxruntime" else None,
+                "error": first.get("error") or mem.get("error"),
+            }
+            rows.append(row)
     return rows
 
 
-def _ratio(row: dict, key: str) -> str:
-    value, span = row[key], row[f"{key}_span"]
+def _ratio(figures: dict, key: str) -> str:
+    value, span = figures.get(key), figures.get(f"{key}_span")
     if value is None:
         return "—"
     return f"{value:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else "")
 
 
+def _percent(figures: dict) -> str:
+    value, span = figures.get("fraction_of_matmul"), figures.get("fraction_of_matmul_span")
+    if value is None:
+        return "—"
+    return f"{100 * value:.0f}%" + (f" ({100 * span[0]:.0f}-{100 * span[1]:.0f})" if span else "")
+
+
+def _shares(stages: dict | None) -> str:
+    if not stages:
+        return ""
+    total = sum(stages.values())
+    names = {"backbone": "backbone", "neck": "neck", "head": "head", "postprocess": "post-processing"}
+    return ", ".join(f"{names[name]} {100 * seconds / total:.0f}%" for name, seconds in stages.items())
+
+
 BF16_EMULATED_NOTE = (
-    " This CPU has no native bf16 (oneDNN emulates it): bf16 rows are one round of 2 iterations (training: 1)."
+    " bf16 rows are left out: this CPU has no native bf16 (oneDNN emulates it, 5-30x slower than fp32 for both"
+    " libraries); `--bf16` measures them."
 )
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    allocators = meta["allocators"]
+    environments = "; ".join(
+        f"{name}: " + (" ".join(f"{k}={v}" for k, v in ALLOCATORS[name].items()) or "glibc as configured")
+        for name in allocators
+    )
     lines = [
         f"Machine: {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}, onnxruntime "
         f"{meta.get('onnxruntime', '—')}; fp32 matmul {meta['matmul_gflops_min']:.0f}-{meta['matmul_gflops_max']:.0f}"
-        f" GFLOP/s over the rounds; {meta['runs']} rounds of {meta['iterations']} alternating timed iterations per "
-        f"model (training: {meta['train_iterations']}); load average {meta['load_average_start']} at the start, "
+        f" GFLOP/s over the runs; {meta['runs']} rounds of {meta['iterations']} alternating timed iterations per "
+        f"model (training, 800x1216 and dense heads: {meta['train_iterations']}) under each allocator "
+        f"({environments}); load average {meta['load_average_start']} at the start, "
         f"{meta['load_average'][0]:.2f} at the end.",
         "",
-        "Medians over the rounds; in brackets the lowest and highest of the rounds."
-        + ("" if meta.get("native_bf16", True) else BF16_EMULATED_NOTE),
+        "Medians over the rounds; in brackets the lowest and highest of the rounds. GFLOP per image (training: per "
+        "image and step, three forward passes), counted on hf_pvt's plain path; % of matmul rate: that work per "
+        "second against a 2048x2048 fp32 matmul sampled before each iteration (dense heads: the forward pass)."
+        + (BF16_EMULATED_NOTE if meta.get("bf16_left_out") else ""),
         "",
-        "| case | model | latency ms | images/s | vs Transformers | % of matmul rate | peak MiB | "
-        "memory vs Transformers | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | model | GFLOP | "
+        + " | ".join(f"latency ms, {name}" for name in allocators)
+        + " | "
+        + " | ".join(f"vs Transformers, {name}" for name in allocators)
+        + " | "
+        + " | ".join(f"% of matmul rate, {name}" for name in allocators)
+        + " | peak MiB | memory vs Transformers | note |",
+        "|---" * (6 + 3 * len(allocators)) + "|",
     ]
     for row in rows:
+        figures = [row["allocators"].get(name, {}) for name in allocators]
         note = row["error"] or ""
         if row["max_abs_diff"] is not None:
             note = f"max abs diff {row['max_abs_diff']:.1e} ({row['max_abs_diff_same_eps']:.1e} with eps 1e-6)"
-        if row["speedup_vs_hf_pvt_eager"] is not None:
-            note = f"{_ratio(row, 'speedup_vs_hf_pvt_eager')} vs hf_pvt eager; "
-            note += f"max abs diff to it {row['onnx_max_abs_diff']:.1e}"
-        fraction, span = row["fraction_of_matmul"], row["fraction_of_matmul_span"]
-        fraction_text = "—" if fraction is None else f"{100 * fraction:.0f}%"
-        if fraction is not None and span:
-            fraction_text += f" ({100 * span[0]:.0f}-{100 * span[1]:.0f})"
+        if row["onnx_max_abs_diff"] is not None:
+            note = "vs hf_pvt eager " + ", ".join(_ratio(f, "speedup_vs_hf_pvt_eager") for f in figures)
+            note += f"; max abs diff to it {row['onnx_max_abs_diff']:.1e}"
+        shares = _shares(figures[0].get("stages_s"))
+        if shares:
+            note = shares + f" ({allocators[0]})"
+        memory_ratio = row["memory_ratio_vs_transformers"]
         lines.append(
-            f"| {row['case']} | {row['impl']} | {_fmt(row['latency_ms'])} | {_fmt(row['images_per_s'], 2)} | "
-            f"{_ratio(row, 'speedup_vs_transformers')} | {fraction_text} | {_fmt(row['peak_mib'], 0)} | "
-            f"{_fmt(row['memory_ratio_vs_transformers'], 2) + 'x' if row['memory_ratio_vs_transformers'] else '—'} | "
-            f"{note} |"
+            f"| {row['case']} | {row['impl']} | {_fmt(row['gflop'], 1)} | "
+            + " | ".join(_fmt(f.get("latency_ms")) for f in figures)
+            + " | "
+            + " | ".join(_ratio(f, "speedup_vs_transformers") for f in figures)
+            + " | "
+            + " | ".join(_percent(f) for f in figures)
+            + f" | {_fmt(row['peak_mib'], 0)} | {_fmt(memory_ratio, 2) + 'x' if memory_ratio else '—'} | {note} |"
         )
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], allocators: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if r["images_per_s"]]
+    timed = [r for r in rows if any(r["allocators"].get(a, {}).get("latency_ms") for a in allocators)]
     memory = [r for r in rows if r["peak_mib"]]
     figure, (left, right) = plt.subplots(1, 2, figsize=(14, max(4, 0.3 * len(timed))))
-    colours = {"transformers": "tab:gray", "hf_pvt+onnxruntime": "tab:green"}
-    left.barh(
-        [f"{r['case']} | {r['impl']}" for r in timed],
-        [r["images_per_s"] for r in timed],
-        color=[colours.get(r["impl"], "tab:blue") for r in timed],
-    )
+    labels = [f"{r['case']} | {r['impl']}" for r in timed]
+    height = 0.8 / len(allocators)
+    for index, allocator in enumerate(allocators):
+        speeds = [
+            r["batch"] / latency * 1e3 if (latency := r["allocators"].get(allocator, {}).get("latency_ms")) else 0
+            for r in timed
+        ]
+        left.barh([i + index * height for i in range(len(timed))], speeds, height=height, label=allocator)
+    left.set_yticks([i + 0.4 - height / 2 for i in range(len(timed))], labels)
     left.set_xlabel("images / s (higher is better)")
+    left.legend(title="allocator")
     left.invert_yaxis()
+    colours = {"transformers": "tab:gray"}
     right.barh(
         [f"{r['case']} | {r['impl']}" for r in memory],
         [r["peak_mib"] for r in memory],
@@ -534,11 +671,16 @@ def _write(output: Path, stem: str, meta: dict, results: list[dict]) -> str:
     rows = summarise(results)
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{stem}.json").write_text(json.dumps({"meta": meta, "cases": results, "rows": rows}, indent=1))
+    flat = [
+        {key: value for key, value in row.items() if key != "allocators"}
+        | {f"{name}_{key}": value for name, figures in row["allocators"].items() for key, value in figures.items()}
+        for row in rows
+    ]
     with open(output / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in flat for key in row)))
         writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, output / f"{stem}.png")
+        writer.writerows(flat)
+    plot(rows, meta["allocators"], output / f"{stem}.png")
     table = markdown(rows, meta)
     (output / f"{stem}.md").write_text(table + "\n")
     return table
@@ -546,10 +688,14 @@ def _write(output: Path, stem: str, meta: dict, results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one round, few iterations, no torch.compile")
-    parser.add_argument("--runs", type=int, default=None, help="rounds over all cases (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="one round, few iterations, default allocator only")
+    parser.add_argument("--runs", type=int, default=None, help="rounds over all cases (default 2; --quick: 1)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
+    parser.add_argument(
+        "--allocators", nargs="+", choices=list(ALLOCATORS), default=None,
+        help="allocator settings to run every case under (default: both; --quick: default)",
+    )  # fmt: skip
+    parser.add_argument("--bf16", action="store_true", help="bf16 rows also on CPUs without native bf16")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this text")
     parser.add_argument("--skip", default=None, help="leave out cases whose name contains this text")
     parser.add_argument("--render", action="store_true", help="rewrite the tables from the saved JSON, run nothing")
@@ -560,12 +706,12 @@ def main() -> None:
 
     if args.worker:
         payload = json.loads(args.worker)
-        if payload["task"] == "matmul":
-            result = worker_matmul(payload["device"])
-        elif payload["task"] == "memory":
+        if payload["task"] == "memory":
             result = worker_memory(payload["case"], payload["impl"])
         elif payload["task"] == "export":
             result = worker_export(payload["preset"], payload["kind"], payload["onnx_dir"])
+        elif payload["case"]["kind"] in DENSE_KINDS:
+            result = worker_dense(payload["case"], payload["warmup"], payload["iterations"])
         else:
             result = worker_timing(
                 payload["case"], payload["impls"], payload["warmup"], payload["iterations"], payload["onnx_dir"]
@@ -589,14 +735,15 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda asked for, but torch.cuda.is_available() is False on this machine.")
-    runs = args.runs or (1 if args.quick else 3)
-    warmup, iterations = (1, 3) if args.quick else (2, 8)
-    train_iterations = max(2, iterations // 2)
-    cases = build_cases(args.device, compile_=not (args.quick or args.no_compile))
+    runs = args.runs or (1 if args.quick else 2)
+    allocators = args.allocators or (["default"] if args.quick or args.device == "cuda" else list(ALLOCATORS))
+    warmup, iterations = (1, 3) if args.quick else (1, 6)
+    train_iterations = iterations // 2
     # Without native bf16 (AVX512-BF16/AMX) oneDNN emulates bf16 matmuls and PyTorch runs grouped convolutions
-    # channel by channel: a bf16 step takes tens of seconds, so those cases get one round of two iterations (one
-    # for training).
+    # channel by channel: a bf16 step takes tens of seconds, so those cases run only when asked for, one round of
+    # two iterations (one for training).
     native_bf16 = args.device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    cases = build_cases(args.device, bf16=native_bf16 or args.bf16)
     if args.only:
         cases = [case for case in cases if args.only in case["name"]]
     if args.skip:
@@ -610,9 +757,16 @@ def main() -> None:
     except ImportError:
         onnxruntime_version = None
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    print(f"allocators: {', '.join(f'{name} {ALLOCATORS[name] or {}}' for name in allocators)}", flush=True)
 
     def make_meta(rounds_done: int) -> dict:
-        rates = [t["matmul_gflops"] for result in results for t in result["timing"] if t.get("matmul_gflops")]
+        rates = [
+            timing["matmul_gflops"]
+            for result in results
+            for rounds in result["timing"].values()
+            for timing in rounds
+            if timing.get("matmul_gflops")
+        ]
         return {
             "machine": f"{device_name}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
@@ -623,16 +777,19 @@ def main() -> None:
             "runs": rounds_done,
             "iterations": iterations,
             "train_iterations": train_iterations,
+            "allocators": allocators,
+            "allocator_settings": {name: ALLOCATORS[name] for name in allocators},
             "quick": args.quick,
             "device": args.device,
             "native_bf16": native_bf16,
+            "bf16_left_out": not (native_bf16 or args.bf16),
             "exports": exports,
             "load_average_start": " ".join(f"{value:.2f}" for value in load_at_start),
             "load_average": os.getloadavg(),
             "wall_s": time.perf_counter() - started,
         }
 
-    results = [{**case, "timing": [], "memory": {}} for case in cases]
+    results = [{**case, "timing": {name: [] for name in allocators}, "memory": {}} for case in cases]
     exports = {}
     with tempfile.TemporaryDirectory() as onnx_dir:
         for preset, kind in sorted({(c["preset"], c["kind"]) for c in cases if "hf_pvt+onnxruntime" in c["impls"]}):
@@ -643,20 +800,24 @@ def main() -> None:
                 emulated = case["precision"] == "bf16" and not native_bf16
                 if emulated and round_index > 0:
                     continue
-                # Training steps and 512-1024 px images take seconds each on a small CPU: fewer iterations there.
-                slow = case["size"] >= 512 or case["mode"] == "train"
+                # Training steps, detection-size images and dense heads take seconds each: fewer iterations there.
+                slow = max(case["size"]) >= 512 or case["mode"] == "train" or case["kind"] in DENSE_KINDS
                 case_iterations = (1 if slow else 2) if emulated else train_iterations if slow else iterations
-                print(
-                    f"[{time.perf_counter() - started:6.0f}s] round {round_index + 1}/{runs}: {case['name']} ...",
-                    flush=True,
-                )
-                timing = run_worker(
-                    {
-                        "task": "timing", "case": case, "impls": case["impls"], "warmup": 1 if emulated else warmup,
-                        "iterations": case_iterations, "onnx_dir": onnx_dir,
-                    }
-                )  # fmt: skip
-                result["timing"].append(timing)
+                # Allocators alternate in order from round to round, so that neither always runs first.
+                for allocator in allocators[round_index % 2 :] + allocators[: round_index % 2]:
+                    print(
+                        f"[{time.perf_counter() - started:6.0f}s] round {round_index + 1}/{runs}: {case['name']}"
+                        f" ({allocator} allocator) ...",
+                        flush=True,
+                    )
+                    timing = run_worker(
+                        {
+                            "task": "timing", "case": case, "impls": case["impls"],
+                            "warmup": 1 if emulated else warmup, "iterations": case_iterations, "onnx_dir": onnx_dir,
+                        },
+                        allocator,
+                    )  # fmt: skip
+                    result["timing"][allocator].append(timing)
                 if case["memory"] and round_index == 0:
                     for impl in case["impls"]:
                         if impl != "hf_pvt+onnxruntime":

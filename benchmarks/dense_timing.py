@@ -41,6 +41,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.dense_cases
+
 STAGES = ("backbone", "neck", "rpn", "roi_heads", "postprocess")
 # Parts of those stages, timed separately.
 DETAILS = ("roi_align_s", "box_head_s", "mask_head_s", "rpn_nms_s", "detection_nms_s")
@@ -79,6 +81,7 @@ def run_case(preset: str, original: tuple[int, int], runs: int, threads: int) ->
     import torch
 
     import hf_pvt.mask_rcnn_hf_pvt as mask_rcnn
+    from benchmarks.dense_cases import spread_class_logits
     from hf_pvt import HfPvtConfig, HfPvtForInstanceSegmentation, HfPvtImageProcessor
 
     torch.set_num_threads(threads)
@@ -132,16 +135,9 @@ def run_case(preset: str, original: tuple[int, int], runs: int, threads: int) ->
     mask_rcnn.batched_nms = wrap(mask_rcnn.batched_nms, "nms")
     model._detect = wrap(model._detect, "roi_heads")
 
+    # Spread the class logits (std 3) so that the box head keeps its 100 detections (see the docstring).
+    spread_class_logits(model.roi_head.bbox_head.fc_cls, lambda: model(pixel_values, pixel_mask=pixel_mask))
     with torch.inference_mode():
-        # Spread the class logits (std 3) so that the box head keeps its 100 detections (see the docstring).
-        captured = []
-        handle = model.roi_head.bbox_head.fc_cls.register_forward_hook(lambda m, i, o: captured.append(o))
-        model(pixel_values, pixel_mask=pixel_mask)
-        handle.remove()
-        scale = 3.0 / float(captured[0].float().std())
-        model.roi_head.bbox_head.fc_cls.weight.mul_(scale)
-        model.roi_head.bbox_head.fc_cls.bias.mul_(scale)
-
         def call() -> tuple[float, dict, object, object]:
             spent.clear()
             start = time.perf_counter()

@@ -544,6 +544,8 @@ class HfPvtImageProcessor(PilBackend):
         """
         import torch.nn.functional as F
 
+        from .semantic_fpn_hf_pvt import upsampled_class_map
+
         logits = semantic_logits(outputs)
         sizes = check_target_sizes(target_sizes, len(logits), "logits")
         regions = semantic_logits_sizes(outputs, logits)
@@ -551,23 +553,25 @@ class HfPvtImageProcessor(PilBackend):
         for index, logit in enumerate(logits):
             if regions is not None:  # padded inputs: each image's own logits only
                 logit = logit[:, : regions[index][0], : regions[index][1]]
-            scores = logit
+            steps = []
             if sizes is not None:
+                if self.logits_stride:  # first to the network input's size, as whole-image inference does
+                    steps.append([side * self.logits_stride for side in logit.shape[-2:]])
+                steps.append(list(sizes[index]))
+            if not return_segmentation_scores:
+                results.append(upsampled_class_map(logit, steps) if steps else logit.argmax(dim=0))
+                continue
+            scores = logit
+            if steps:
                 upsampled = logit[None].float()
-                if self.logits_stride:
-                    input_size = [side * self.logits_stride for side in upsampled.shape[-2:]]
-                    upsampled = F.interpolate(upsampled, size=input_size, mode="bilinear", align_corners=False)
-                upsampled = F.interpolate(upsampled, size=sizes[index], mode="bilinear", align_corners=False)
+                for size in steps:
+                    upsampled = F.interpolate(upsampled, size=size, mode="bilinear", align_corners=False)
                 scores = upsampled[0]
-            segmentation = scores.argmax(dim=0)
-            if return_segmentation_scores:
-                results.append(
-                    _segmentation_output(
-                        data={"segmentation": segmentation, "segmentation_scores": scores.to(logit.dtype)}
-                    )
+            results.append(
+                _segmentation_output(
+                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores.to(logit.dtype)}
                 )
-            else:
-                results.append(segmentation)
+            )
         return results
 
     def post_process_object_detection(

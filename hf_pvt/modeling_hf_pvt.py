@@ -376,7 +376,6 @@ class HfPvtModel(HfPvtPreTrainedModel):
         uses_cls_token = config.pvt_version == 1 and not dense_prediction
         total_depth = sum(config.depths)
         drop_paths = [config.drop_path_rate * i / max(total_depth - 1, 1) for i in range(total_depth)]
-        self._min_input_size = None
         self.stages = nn.ModuleList()
         for index, depth in enumerate(config.depths):
             first = sum(config.depths[:index])
@@ -391,22 +390,26 @@ class HfPvtModel(HfPvtPreTrainedModel):
                     with_norm=config.pvt_version == 2 or (uses_cls_token and is_last),
                 )
             )
+        # Fixed by the architecture; computed once here, so that compiled graphs see a constant (a lazily filled
+        # attribute made torch.compile trace the model a second time).
+        self._min_input_size = self._smallest_input_size()
         self.post_init()
 
     @property
     def min_input_size(self) -> int:
         """The smallest height/width for which every stage keeps at least one token and every strided
         spatial-reduction convolution (kernel = sr_ratio) still fits in its stage's map."""
-        if self._min_input_size is None:
-            kernels = [
-                stage.blocks[0].attn.sr.kernel_size[0] if stage.blocks and stage.blocks[0].attn.sr is not None else 1
-                for stage in self.stages
-            ]
-            size = 1
-            while not all(side >= kernel for side, kernel in zip(self.stage_sizes(size), kernels)):
-                size += 1
-            self._min_input_size = size
         return self._min_input_size
+
+    def _smallest_input_size(self) -> int:
+        kernels = [
+            stage.blocks[0].attn.sr.kernel_size[0] if stage.blocks and stage.blocks[0].attn.sr is not None else 1
+            for stage in self.stages
+        ]
+        size = 1
+        while not all(side >= kernel for side, kernel in zip(self.stage_sizes(size), kernels)):
+            size += 1
+        return size
 
     def stage_sizes(self, size: int) -> list[int]:
         """The side of each stage's feature map for an input side of `size` pixels."""

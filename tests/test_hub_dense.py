@@ -550,7 +550,7 @@ def test_make_hub_ready_is_idempotent_and_keeps_authors_cards(hub_folders, tmp_p
         {"box_ops_hf_pvt.py", "configuration_hf_pvt.py", "cpu_paths_hf_pvt.py", "dense_inputs_hf_pvt.py",
          "hub_hf_pvt.py", "image_checks_hf_pvt.py", "image_processing_hf_pvt.py", "instance_masks_hf_pvt.py",
          "mask_rcnn_hf_pvt.py", "modeling_hf_pvt.py", "neck_hf_pvt.py", "retinanet_hf_pvt.py", "roi_ops_hf_pvt.py",
-         "variants_hf_pvt.py"}
+         "semantic_fpn_hf_pvt.py", "variants_hf_pvt.py"}
     )  # fmt: skip
     before = _digest(root / "mask2former")
     make_hub_ready(root / "mask2former", rewrite_model_card=True)

@@ -62,18 +62,21 @@ def test_other_convolutions_keep_the_convolution():
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3000, 2**30])
 def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkeypatch):
-    """The MLP of CPU inference runs on chunks that share one fc1 buffer: single tokens (v1) or bands of one or a
-    few image rows with halo rows for the depthwise conv (v2), or everything in one chunk; the result must stay the
-    reference's, and the modules' own path must not be taken."""
+    """The MLP of CPU inference runs on chunks that share one fc1 buffer: single tokens (v1) or bands of two or a
+    few image rows (v2), or everything in one chunk; the result must stay the reference's, and the modules' own
+    path must not be taken."""
     model, reference = _model_and_reference(member)
     pixel_values = torch.randn(2, 3, 40, 36)
     chunk_counts, plain_calls = [], []
-    chunks, fast = cpu_paths_hf_pvt.inference_chunks, cpu_paths_hf_pvt.mlp_forward
+    rows_of, bands_of, fast = cpu_paths_hf_pvt.chunk_rows, cpu_paths_hf_pvt.image_bands, cpu_paths_hf_pvt.mlp_forward
 
-    def counting_chunks(*args):
-        result = chunks(*args)
-        chunk_counts.append(len(result))
-        return result
+    def counting(function):
+        def counted(*args):
+            result = function(*args)
+            chunk_counts.append(len(result))
+            return result
+
+        return counted
 
     def counting_fast(*args):  # the modules' own path runs exactly when the fast path declines
         result = fast(*args)
@@ -81,7 +84,8 @@ def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkey
             plain_calls.append(1)
         return result
 
-    monkeypatch.setattr(cpu_paths_hf_pvt, "inference_chunks", counting_chunks)
+    monkeypatch.setattr(cpu_paths_hf_pvt, "chunk_rows", counting(rows_of))
+    monkeypatch.setattr(cpu_paths_hf_pvt, "image_bands", counting(bands_of))
     monkeypatch.setattr(modeling_hf_pvt, "mlp_forward", counting_fast)
     monkeypatch.setattr(cpu_paths_hf_pvt, "INFERENCE_CHUNK_BYTES", chunk_bytes)
     with torch.inference_mode():
@@ -95,23 +99,35 @@ def test_chunked_cpu_inference_matches_the_reference(member, chunk_bytes, monkey
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_inference_chunks_cover_every_row_once():
-    """Output rows tile the tokens exactly; every band reads its rows plus one halo row on each inner side."""
-    for member in ("v1", "v2"):
-        mlp = HfPvtMlp(tiny_config(member), 8, 4)
-        for chunk_bytes in (1, 200, 700, 5000, 2**30):
-            chunks = cpu_paths_hf_pvt.inference_chunks(mlp, 3, 7 * 5, 7, 5, torch.float32, chunk_bytes)
-            covered = [row for _, output_rows, _, _ in chunks for row in range(output_rows.start, output_rows.stop)]
-            assert covered == list(range(3 * 7 * 5))
-            for input_rows, output_rows, band_height, kept in chunks:
-                if member == "v1":
-                    assert input_rows == output_rows
-                    continue
-                assert (input_rows.stop - input_rows.start) % (band_height * 5) == 0
-                assert input_rows.start + (kept.start or 0) == output_rows.start
-                image_start = output_rows.start - output_rows.start % 35
-                top = (output_rows.start - image_start) // 5
-                assert input_rows.start == image_start + max(top - 1, 0) * 5
+def test_image_bands_tile_the_rows():
+    for height in range(1, 12):
+        for band_rows in range(2, 6):
+            bands = cpu_paths_hf_pvt.image_bands(height, band_rows)
+            assert [row for top, bottom in bands for row in range(top, bottom)] == list(range(height))
+            assert all(0 < bottom - top <= band_rows for top, bottom in bands)
+
+
+@pytest.mark.parametrize("member", ["v2", "v2-linear"])
+def test_banded_mlp_gives_the_plain_mlp_at_every_height(member):
+    """Bands of 2-5 image rows (the buffer handing its last two rows on, zero rows at the image's edges), on images
+    of 1-9 rows, including a last band of one row: the plain module's result."""
+    torch.manual_seed(0)
+    mlp = HfPvtMlp(tiny_config(member), 8, 4).eval()
+    for height in range(1, 10):
+        for band_rows in range(2, 6):
+            width = 3
+            hidden_states = torch.randn(2, height * width, 8)
+            with torch.no_grad():
+                expected = mlp.fc1(hidden_states)
+                if mlp.relu is not None:
+                    expected = expected.relu()
+                expected = mlp.dwconv(expected.transpose(1, 2).reshape(2, -1, height, width).contiguous())
+                expected = mlp.fc2(torch.nn.functional.gelu(expected.flatten(2).transpose(1, 2)))
+                output = torch.full((2 * height * width, 8), float("nan"))
+                cpu_paths_hf_pvt._mlp_inference_bands(
+                    mlp, hidden_states.reshape(-1, 8), output, height, width, band_rows
+                )
+            torch.testing.assert_close(output.view_as(expected), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_training_path_gives_the_reference_gradients(member):
@@ -292,3 +308,25 @@ def test_switching_the_fast_paths_off_changes_nothing_but_the_path(member, monke
     with torch.inference_mode():
         model.eval()(pixel_values)
     assert "mlp_inference" in calls
+
+
+@pytest.mark.parametrize("num_labels", [1, 5, 16, 37])
+def test_chunked_class_map_is_the_argmax_of_the_resized_logits(num_labels, monkeypatch):
+    """Semantic FPN's post-processing resizes the classes a chunk at a time: the same classes as resizing all of
+    them and taking the argmax, ties (lowest class) and NaNs (they win) included; with the switch off, in one piece."""
+    from hf_pvt.semantic_fpn_hf_pvt import upsampled_class_map
+
+    torch.manual_seed(0)
+    logits = torch.randn(num_labels, 9, 13)
+    logits[num_labels // 2, :3] = logits[0, :3]  # exact ties
+    logits[-1, 4, 5] = float("nan")
+    sizes = [[36, 52], [35, 47]]
+    expected = logits[None]
+    for size in sizes:
+        expected = torch.nn.functional.interpolate(expected, size=size, mode="bilinear", align_corners=False)
+    expected = expected[0].argmax(0)
+    for chunk in (1, 4, 16):
+        monkeypatch.setattr("hf_pvt.semantic_fpn_hf_pvt.CLASSES_PER_CHUNK", chunk)
+        assert torch.equal(upsampled_class_map(logits, sizes), expected)
+    monkeypatch.setenv("HF_PVT_FAST_PATHS", "0")
+    assert torch.equal(upsampled_class_map(logits, sizes), expected)
