@@ -542,9 +542,7 @@ class HfPvtImageProcessor(PilBackend):
         With `return_segmentation_scores=True` each item is a `SemanticSegmentationPostProcessorOutput` with
         `segmentation` (H, W) and `segmentation_scores` (num_labels, H, W): the (upsampled) logits.
         """
-        import torch.nn.functional as F
-
-        from .semantic_fpn_hf_pvt import upsampled_class_map
+        from .semantic_fpn_hf_pvt import resized_logits, upsampled_class_map
 
         logits = semantic_logits(outputs)
         sizes = check_target_sizes(target_sizes, len(logits), "logits")
@@ -561,12 +559,7 @@ class HfPvtImageProcessor(PilBackend):
             if not return_segmentation_scores:
                 results.append(upsampled_class_map(logit, steps) if steps else logit.argmax(dim=0))
                 continue
-            scores = logit
-            if steps:
-                upsampled = logit[None].float()
-                for size in steps:
-                    upsampled = F.interpolate(upsampled, size=size, mode="bilinear", align_corners=False)
-                scores = upsampled[0]
+            scores = resized_logits(logit, steps) if steps else logit
             results.append(
                 _segmentation_output(
                     data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores.to(logit.dtype)}

@@ -277,6 +277,14 @@ class HfPvtForSemanticSegmentation(HfPvtPreTrainedModel):
 CLASSES_PER_CHUNK = 16
 
 
+def resized_logits(logits: torch.Tensor, sizes: list[list[int]]) -> torch.Tensor:
+    """`logits` (num_labels, h, w) as float32, resized bilinearly (align_corners=False) to each of `sizes` in turn."""
+    scores = logits[None].float()
+    for size in sizes:
+        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    return scores[0]
+
+
 def upsampled_class_map(logits: torch.Tensor, sizes: list[list[int]]) -> torch.Tensor:
     """The class of each pixel after resizing `logits` (num_labels, h, w) bilinearly (align_corners=False) to each
     of `sizes` in turn: `F.interpolate` on all classes, then `argmax(0)`.
@@ -289,10 +297,7 @@ def upsampled_class_map(logits: torch.Tensor, sizes: list[list[int]]) -> torch.T
     chunk_size = CLASSES_PER_CHUNK if fast_paths_enabled(logits) else len(logits)
     best_score = best_class = None
     for start in range(0, len(logits), chunk_size):
-        scores = logits[None, start : start + chunk_size].float()
-        for size in sizes:
-            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        score, index = scores[0].max(0)
+        score, index = resized_logits(logits[start : start + chunk_size], sizes).max(0)
         if best_score is None:
             best_score, best_class = score, index
             continue
